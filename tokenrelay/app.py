@@ -1,0 +1,66 @@
+"""create_app(settings): the HTTP layer over the stream core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from tokenrelay import __version__
+from tokenrelay.config import Settings
+from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.registry import build_provider, build_store
+from tokenrelay.routes import errors, health, stream
+from tokenrelay.routes.limits import BodySizeLimit
+from tokenrelay.streams.manager import StreamManager, StreamTimings
+from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.validation import Limits, RequestValidator
+
+
+def create_app(settings: Settings) -> FastAPI:
+    models = ModelTable.from_file(settings.prices_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = build_store(settings)
+            stack.push_async_callback(store.aclose)
+            provider = build_provider(settings)
+            stack.push_async_callback(provider.aclose)
+            manager = StreamManager(
+                log=store,
+                provider=provider,
+                models=models,
+                retry=RetryPolicy(
+                    retries=settings.upstream_retries,
+                    base_delay=settings.retry_base_delay,
+                    max_delay=settings.retry_max_delay,
+                    retry_after_ceiling=settings.retry_after_ceiling,
+                ),
+                timings=StreamTimings(
+                    heartbeat_interval=settings.heartbeat_interval,
+                    abandon_after=settings.abandon_after,
+                ),
+            )
+            stack.push_async_callback(manager.aclose)
+            app.state.manager = manager
+            yield
+
+    app = FastAPI(title="tokenrelay", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.validator = RequestValidator(
+        Limits(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_messages=settings.max_messages,
+            default_max_tokens=settings.default_max_tokens,
+            max_tokens_ceiling=settings.max_tokens_ceiling,
+        ),
+        models,
+        settings.model,
+    )
+    errors.install(app)
+    app.include_router(stream.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

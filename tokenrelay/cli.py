@@ -1,0 +1,65 @@
+"""tokenrelay: a production streaming gateway for Claude."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to bind [env TOKENRELAY_HOST; 127.0.0.1]."),
+    port: int = typer.Option(None, help="Port to bind [env TOKENRELAY_PORT; 8080]."),
+    provider: str = typer.Option(
+        None, help="auto | simulator | anthropic [env TOKENRELAY_PROVIDER; auto]."
+    ),
+    store: str = typer.Option(None, help="Stream log store: memory [env TOKENRELAY_STORE]."),
+    model: str = typer.Option(None, help="Default model [env TOKENRELAY_MODEL]."),
+    anthropic_base_url: str = typer.Option(
+        None, help="Upstream Messages API base URL [env TOKENRELAY_ANTHROPIC_BASE_URL]."
+    ),
+    log_level: str = typer.Option("info", help="debug | info | warning | error."),
+) -> None:
+    """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
+    from tokenrelay.config import Settings
+    from tokenrelay.server import serve as run_server
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "provider": provider,
+            "store": store,
+            "model": model,
+            "anthropic_base_url": anthropic_base_url,
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    typer.echo(
+        f"tokenrelay on http://{settings.host}:{settings.port}  "
+        f"(provider: {settings.resolved_provider()}, store: {settings.store}, "
+        f"model: {settings.model})"
+    )
+    run_server(settings, log_level=log_level)
+
+
+@app.command()
+def simulate(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8090, help="Port to bind."),
+    ttft_ms: int = typer.Option(300, help="Default delay before the first token."),
+    tps: float = typer.Option(60.0, help="Default tokens per second (0: no delay at all)."),
+) -> None:
+    """Run the built-in Claude simulator as a standalone Messages API server."""
+    from tokenrelay.simulator.server import run
+
+    run(host, port, ttft_ms=ttft_ms, tps=tps)
+
+
+def main() -> None:
+    app()

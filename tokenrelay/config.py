@@ -1,0 +1,63 @@
+"""Settings: the one reader of the environment (`TOKENRELAY_*`, plus `ANTHROPIC_API_KEY`).
+
+Built once at start-up and passed down through constructors; nothing else reads
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENRELAY_", extra="ignore")
+
+    # Listener
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Where answers come from. "auto": anthropic when an API key is set, else simulator.
+    provider: Literal["auto", "simulator", "anthropic"] = "auto"
+    model: str = "claude-haiku-4-5"
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TOKENRELAY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+    )
+    anthropic_base_url: str | None = None
+    connect_timeout: float = 5.0
+    # An upstream silent this long (not even a ping) counts as dropped.
+    stall_timeout: float = 30.0
+    # Attempts before the first token: 1 + retries, exponential backoff with jitter.
+    upstream_retries: int = 3
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 8.0
+    # A retry-after longer than this is not waited for: the stream fails instead.
+    retry_after_ceiling: float = 30.0
+    simulator_ttft_ms: int = 300
+    simulator_tps: float = 60.0
+    prices_file: Path | None = None
+
+    # Where stream logs live: "memory" (one process).
+    store: str = "memory"
+
+    # Streams
+    heartbeat_interval: float = 15.0
+    client_retry_ms: int = 3000
+    abandon_after: float = 60.0
+    stream_ttl: float = 600.0
+
+    # Input limits
+    max_body_bytes: int = 1024 * 1024
+    max_prompt_chars: int = 10_000
+    max_messages: int = 200
+    default_max_tokens: int = 1024
+    max_tokens_ceiling: int = 64_000
+
+    def resolved_provider(self) -> Literal["simulator", "anthropic"]:
+        if self.provider != "auto":
+            return self.provider
+        return "anthropic" if self.anthropic_api_key else "simulator"

@@ -1,0 +1,111 @@
+"""The gateway's errors, one small tree.
+
+    GatewayError                 status  error.type             retryable
+    ├── InvalidRequest             400   invalid_request_error   no
+    │   └── IdempotencyConflict    422   invalid_request_error   no
+    ├── RequestTooLarge            413   request_too_large       no
+    ├── AuthenticationFailed       401   authentication_error    no
+    ├── StreamNotFound             404   not_found_error         no
+    ├── RateLimited                429   rate_limit_error        yes
+    ├── Overloaded                 503   overloaded_error        yes
+    └── UpstreamError              (mapped from Claude's status and error.type)
+        └── UpstreamIncomplete     the upstream stream ended before message_stop
+
+Every leaf renders as Claude's error JSON before a stream starts (routes), and as a
+`{"error", "code", "retryable"}` event once a stream has started (producer).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def code(self) -> str:
+        """The short code a `tokens` error event carries."""
+        return self.error_type.removesuffix("_error")
+
+    def body(self) -> bytes:
+        """Claude's error JSON, the one shape of every error response."""
+        return error_body(self.error_type, self.message)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class IdempotencyConflict(InvalidRequest):
+    status = 422
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    error_type = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class StreamNotFound(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    retryable = True
+
+
+class Overloaded(GatewayError):
+    status = 503
+    error_type = "overloaded_error"
+    retryable = True
+
+
+class UpstreamError(GatewayError):
+    """A failure reported by (or on the way to) the model provider.
+
+    Unlike the other leaves, status, type and retryability come from the upstream
+    answer, so they are instance attributes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        error_type: str = "api_error",
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status  # type: ignore[misc]
+        self.error_type = error_type  # type: ignore[misc]
+        self.retryable = retryable  # type: ignore[misc]
+
+
+class UpstreamIncomplete(UpstreamError):
+    """The upstream stream ended (cleanly, cut, or by an `error` event) before `message_stop`."""
+
+    def __init__(self, message: str, *, error_type: str = "api_error") -> None:
+        super().__init__(message, status=502, error_type=error_type, retryable=True)
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})

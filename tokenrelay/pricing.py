@@ -1,0 +1,85 @@
+"""Model table: the ids the gateway and the simulator know, their prices and whether
+they accept an assistant prefill (ANTHROPIC-PROTOCOL.md §5, §6).
+
+Prices are USD per million tokens and change; `Settings.prices_file` overrides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from tokenrelay.providers.base import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    input: float
+    cache_write_5m: float
+    cache_write_1h: float
+    cache_read: float
+    output: float
+    accepts_prefill: bool
+
+
+def _m(i: float, w5: float, w1: float, r: float, o: float, prefill: bool) -> ModelInfo:
+    return ModelInfo(i, w5, w1, r, o, prefill)
+
+
+DEFAULT_MODELS: dict[str, ModelInfo] = {
+    "claude-fable-5-1": _m(10, 12.5, 20, 0.25, 50, False),
+    "claude-mythos-5-1": _m(10, 12.5, 20, 0.25, 50, False),
+    "claude-fable-5": _m(10, 12.5, 20, 1, 50, False),
+    "claude-mythos-5": _m(10, 12.5, 20, 1, 50, False),
+    "claude-opus-5-5": _m(4, 5, 8, 0.2, 20, False),
+    "claude-opus-5": _m(5, 6.25, 10, 0.5, 25, False),
+    "claude-opus-4-8": _m(5, 6.25, 10, 0.5, 25, False),
+    "claude-opus-4-7": _m(5, 6.25, 10, 0.5, 25, False),
+    "claude-opus-4-6": _m(5, 6.25, 10, 0.5, 25, False),
+    "claude-opus-4-5": _m(5, 6.25, 10, 0.5, 25, True),
+    "claude-sonnet-5-5": _m(2, 2.5, 4, 0.2, 10, False),
+    "claude-sonnet-5": _m(2, 2.5, 4, 0.2, 10, False),
+    "claude-sonnet-4-6": _m(3, 3.75, 6, 0.3, 15, False),
+    "claude-sonnet-4-5": _m(3, 3.75, 6, 0.3, 15, True),
+    "claude-haiku-5-5": _m(0.1, 0.125, 0.2, 0.01, 0.5, False),
+    "claude-haiku-4-5": _m(1, 1.25, 2, 0.1, 5, True),
+}
+
+
+class ModelTable:
+    def __init__(self, models: dict[str, ModelInfo] | None = None) -> None:
+        self.models = dict(DEFAULT_MODELS if models is None else models)
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> ModelTable:
+        """Defaults, with the entries of a JSON file `{"model": {"input": 1, ...}}` laid over."""
+        table = cls()
+        if path is None:
+            return table
+        for name, fields in orjson.loads(path.read_bytes()).items():
+            base = table.models.get(name, _m(0, 0, 0, 0, 0, False))
+            merged = {k: fields.get(k, getattr(base, k)) for k in ModelInfo.__slots__}
+            table.models[name] = ModelInfo(**merged)
+        return table
+
+    def __contains__(self, model: str) -> bool:
+        return model in self.models
+
+    def accepts_prefill(self, model: str) -> bool:
+        """Unknown models are assumed to reject prefill: a restart is safe, a splice is not."""
+        info = self.models.get(model)
+        return info is not None and info.accepts_prefill
+
+    def cost_usd(self, model: str, usage: Usage) -> float:
+        info = self.models.get(model)
+        if info is None:
+            return 0.0
+        total = (
+            usage.input_tokens * info.input
+            + usage.cache_creation_input_tokens * info.cache_write_5m
+            + usage.cache_read_input_tokens * info.cache_read
+            + usage.output_tokens * info.output
+        )
+        return round(total / 1e6, 8)

@@ -1,0 +1,169 @@
+"""The `anthropic` provider: one streaming attempt through the official SDK.
+
+The SDK's own retries are off (`max_retries=0`): the producer retries, so retries
+never stack. This is the only module that imports SDK exceptions; they are mapped
+to `UpstreamError` in `map_sdk_errors()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import orjson
+
+from tokenrelay.config import Settings
+from tokenrelay.errors import UpstreamError, UpstreamIncomplete
+from tokenrelay.providers.base import (
+    Delta,
+    GenerationRequest,
+    MessageEnd,
+    MessageStart,
+    ToolUse,
+    Usage,
+)
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+# The SDK's API version rejects temperature; this one keeps it (ANTHROPIC-PROTOCOL.md §1).
+SAMPLING_API_VERSION = "2023-06-01"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    for header in ("retry-after-ms", "retry-after"):
+        value = response.headers.get(header)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        return seconds / 1000 if header == "retry-after-ms" else seconds
+    return None
+
+
+@contextlib.contextmanager
+def map_sdk_errors() -> Iterator[None]:
+    try:
+        yield
+    except anthropic.APIStatusError as exc:
+        error_type = exc.type or "api_error"
+        message = exc.api_message or exc.message
+        if exc.status_code == 200:  # an `event: error` inside a started stream
+            raise UpstreamIncomplete(message, error_type=error_type) from None
+        status = exc.status_code
+        raise UpstreamError(
+            message,
+            status=status,
+            error_type=error_type,
+            retryable=status in RETRYABLE_STATUS or status >= 500,
+            retry_after=_retry_after(exc.response),
+        ) from None
+    except anthropic.APITimeoutError:
+        raise UpstreamIncomplete("upstream timed out (stalled)") from None
+    except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
+        raise UpstreamIncomplete(f"upstream connection failed: {type(exc).__name__}") from None
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        connect_timeout: float = 5.0,
+        stall_timeout: float = 30.0,
+        max_connections: int = 10_000,
+    ) -> None:
+        # The read timeout is per chunk and pings reset it: a silent upstream is a stall.
+        timeout = httpx2.Timeout(stall_timeout, connect=connect_timeout)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                timeout=timeout,
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=1000
+                ),
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnthropicProvider:
+        key = settings.anthropic_api_key
+        if key is None:
+            raise ValueError("The anthropic provider needs ANTHROPIC_API_KEY")
+        return cls(
+            api_key=key.get_secret_value(),
+            base_url=settings.anthropic_base_url,
+            connect_timeout=settings.connect_timeout,
+            stall_timeout=settings.stall_timeout,
+        )
+
+    def _params(self, request: GenerationRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+        }
+        for name in ("system", "stop_sequences", "tools", "metadata"):
+            value = getattr(request, name)
+            if value is not None:
+                params[name] = value
+        if request.temperature is not None:
+            params["extra_headers"] = {"anthropic-version": SAMPLING_API_VERSION}
+            params["extra_body"] = {"temperature": request.temperature}
+        return params
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        tool: dict[str, Any] | None = None
+        tool_json: list[str] = []
+        stop_reason: str | None = None
+        output_tokens = 0
+        with map_sdk_errors():
+            events = await self._client.messages.create(**self._params(request))
+            async with events:
+                async for event in events:
+                    kind = event.type
+                    if kind == "content_block_delta":
+                        delta = event.delta
+                        if delta.type == "text_delta":
+                            yield delta.text
+                        elif delta.type == "input_json_delta":
+                            tool_json.append(delta.partial_json)
+                    elif kind == "message_start":
+                        usage = event.message.usage
+                        yield MessageStart(
+                            event.message.model,
+                            Usage(
+                                input_tokens=usage.input_tokens or 0,
+                                cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+                                cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+                            ),
+                        )
+                    elif kind == "content_block_start":
+                        block = event.content_block
+                        if block.type == "tool_use":
+                            tool, tool_json = {"id": block.id, "name": block.name}, []
+                    elif kind == "content_block_stop":
+                        if tool is not None:
+                            args = orjson.loads("".join(tool_json) or "{}")
+                            yield ToolUse(tool["id"], tool["name"], args)
+                            tool = None
+                    elif kind == "message_delta":
+                        stop_reason = event.delta.stop_reason
+                        output_tokens = event.usage.output_tokens
+                    elif kind == "message_stop":
+                        yield MessageEnd(stop_reason, output_tokens)
+                        return
+        raise UpstreamIncomplete("upstream stream ended without message_stop")
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,26 @@
+"""Providers and stores picked by name, imported only when chosen."""
+
+from __future__ import annotations
+
+from tokenrelay.config import Settings
+from tokenrelay.providers.base import Provider
+from tokenrelay.streams.log import StreamLog
+
+
+def build_provider(settings: Settings) -> Provider:
+    name = settings.resolved_provider()
+    if name == "simulator":
+        from tokenrelay.providers.simulator import SimulatorProvider
+
+        return SimulatorProvider(ttft_ms=settings.simulator_ttft_ms, tps=settings.simulator_tps)
+    from tokenrelay.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider.from_settings(settings)
+
+
+def build_store(settings: Settings) -> StreamLog:
+    if settings.store == "memory":
+        from tokenrelay.streams.memory import MemoryLog
+
+        return MemoryLog(stream_ttl=settings.stream_ttl)
+    raise ValueError(f"Unknown store {settings.store!r}: use 'memory'")

@@ -1,0 +1,25 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> JSONResponse:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready for new streams: 503 while draining or when the store is unreachable."""
+    manager = request.app.state.manager
+    if manager.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    if not await manager.log.ping():
+        return JSONResponse({"status": "store unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "active_streams": manager.active_streams})

@@ -1,0 +1,71 @@
+"""A lean SSE response for pre-encoded frames.
+
+Why not sse-starlette's EventSourceResponse: our frames are already encoded bytes
+(one JSON encoding per event, shared by every reader), a batch a slow reader missed
+must go out in one write, and heartbeats are only needed while the stream is idle,
+which the frame source knows (it yields b"" on an idle interval). That leaves one
+job for this class: send the frames, and notice a client that went away.
+
+uvicorn silently drops writes to a closed connection, so a watcher task reads
+`http.disconnect` and interrupts the sender, the way `asyncio.timeout` does: it
+cancels the sending task and the sender tells that cancellation apart from any
+other by `uncancel()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tokenrelay.dialects.tokens import PING
+
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class SSEResponse(Response):
+    def __init__(self, frames: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        # Not Response.__init__: there is no body to render, only frames to stream.
+        self.background = None
+        self.status_code = 200
+        self._frames = frames
+        self._raw_headers = SSE_HEADERS + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
+        gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            sender.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
+            async for chunk in self._frames:
+                await send({"type": "http.response.body", "body": chunk or PING, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or sender.uncancel() > 0:
+                raise
+        finally:
+            watcher.cancel()
+            await _close_frames(self._frames)
+
+
+async def _close_frames(frames: AsyncIterator[bytes]) -> None:
+    aclose = getattr(frames, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,158 @@
+"""The `/api/*` streaming routes: parse, validate, call the manager, render `tokens`."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import JSONResponse
+
+from tokenrelay.dialects.tokens import (
+    event_id_prefix,
+    parse_last_event_id,
+    render_entries,
+    retry_field,
+)
+from tokenrelay.errors import InvalidRequest
+from tokenrelay.routes.sse import SSEResponse
+from tokenrelay.streams.manager import StreamManager, fingerprint
+from tokenrelay.validation import RequestValidator, StreamRequestBody
+
+router = APIRouter()
+
+# The principal that owns a stream; authentication replaces this per request.
+ANONYMOUS = "anonymous"
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    "200": {
+        "description": "A `text/event-stream` of `tokens` events.",
+        "content": {"text/event-stream": {}},
+    },
+}
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": StreamRequestBody.model_json_schema()}},
+    }
+}
+
+
+def request_id_of(value: str | None) -> str:
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return "req_" + secrets.token_hex(12)
+
+
+def parse_after(last_event_id: str | None, stream_id: str | None) -> tuple[str, int] | None:
+    """The stream and seq a `Last-Event-ID` names, checked against the route's stream."""
+    if last_event_id is None:
+        return None
+    parsed = parse_last_event_id(last_event_id)
+    if parsed is None:
+        raise InvalidRequest("Last-Event-ID must look like <stream_id>:<seq>")
+    if stream_id is not None and parsed[0] != stream_id:
+        raise InvalidRequest("Last-Event-ID names a different stream")
+    return parsed
+
+
+async def tokens_frames(
+    manager: StreamManager, stream_id: str, after: int, retry_ms: int
+) -> AsyncIterator[bytes]:
+    """SSE bytes for every entry after `after`; b"" on an idle interval (a ping)."""
+    prefix = event_id_prefix(stream_id)
+    first = True
+    async for entries in manager.follow(stream_id, after):
+        chunk = render_entries(prefix, entries)
+        if first:
+            # The first frame carries the reconnection delay for EventSource.
+            chunk = retry_field(retry_ms) + (chunk or b"\n")
+            first = False
+        yield chunk
+
+
+async def _respond(request: Request, stream_id: str, after: int, request_id: str) -> SSEResponse:
+    manager: StreamManager = request.app.state.manager
+    headers = {"x-request-id": request_id, "x-stream-id": stream_id}
+    frames = tokens_frames(manager, stream_id, after, request.app.state.settings.client_retry_ms)
+    return SSEResponse(frames, headers)
+
+
+async def _resume(request: Request, stream_id: str, after: int, request_id: str) -> SSEResponse:
+    await request.app.state.manager.lookup(stream_id, ANONYMOUS)
+    return await _respond(request, stream_id, after, request_id)
+
+
+@router.post("/api/stream-response", responses=_SSE_DOC, openapi_extra=_BODY_DOC)
+async def start_stream(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> SSEResponse:
+    """Start a stream and follow it (or resume the one `Last-Event-ID` names)."""
+    request_id = request_id_of(x_request_id)
+    resume = parse_after(last_event_id, None)
+    if resume is not None:
+        return await _resume(request, *resume, request_id)
+    raw = await request.body()
+    validator: RequestValidator = request.app.state.validator
+    generation = validator.from_json(raw)
+    stream_id = await request.app.state.manager.start(
+        generation,
+        owner=ANONYMOUS,
+        request_id=request_id,
+        body_fingerprint=fingerprint(raw),
+        idempotency_key=idempotency_key,
+    )
+    return await _respond(request, stream_id, -1, request_id)
+
+
+@router.get("/api/stream-response", responses=_SSE_DOC)
+async def start_stream_eventsource(
+    request: Request,
+    prompt: Annotated[str | None, Query()] = None,
+    model: Annotated[str | None, Query()] = None,
+    max_tokens: Annotated[str | None, Query()] = None,
+    system: Annotated[str | None, Query()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> SSEResponse:
+    """The same for `EventSource`; its automatic reconnect resumes via `Last-Event-ID`."""
+    request_id = request_id_of(x_request_id)
+    resume = parse_after(last_event_id, None)
+    if resume is not None:
+        return await _resume(request, *resume, request_id)
+    validator: RequestValidator = request.app.state.validator
+    generation = validator.from_query(dict(request.query_params))
+    query = str(request.url.query).encode()
+    stream_id = await request.app.state.manager.start(
+        generation, owner=ANONYMOUS, request_id=request_id, body_fingerprint=fingerprint(query)
+    )
+    return await _respond(request, stream_id, -1, request_id)
+
+
+@router.get("/api/streams/{stream_id}", responses=_SSE_DOC)
+async def resume_stream(
+    request: Request,
+    stream_id: str,
+    after: Annotated[int | None, Query(ge=-1)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> SSEResponse:
+    """Attach to a stream: replay every event after `Last-Event-ID` (or `?after=SEQ`),
+    then follow it live."""
+    resume = parse_after(last_event_id, stream_id)
+    if resume is not None:
+        after = resume[1]
+    return await _resume(
+        request, stream_id, -1 if after is None else after, request_id_of(x_request_id)
+    )
+
+
+@router.delete("/api/streams/{stream_id}")
+async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
+    """Cancel: stop the upstream generation now. The stream ends with a `cancelled` error."""
+    cancelled = await request.app.state.manager.cancel(stream_id, ANONYMOUS)
+    return JSONResponse({"stream_id": stream_id, "cancelled": cancelled})

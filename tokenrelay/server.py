@@ -1,0 +1,48 @@
+"""Running the gateway under uvicorn, with a shutdown that ends streams first.
+
+uvicorn waits for open connections before it runs the lifespan shutdown, and an
+SSE connection stays open until its stream ends; so the streams are ended first.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from tokenrelay.app import create_app
+from tokenrelay.config import Settings
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        manager = getattr(self.app.state, "manager", None)
+        if manager is not None:
+            await manager.aclose()
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings, log_level: str = "info") -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+    GatewayServer(config, app).run()

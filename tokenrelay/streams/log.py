@@ -1,0 +1,70 @@
+"""The stream log seam: an append-only, per-stream list of events, read from an offset.
+
+Every entry carries `seq` (0, 1, 2, … per stream) and its `tokens`-dialect JSON,
+encoded once at append time and shared by every reader. A stream ends with exactly
+one terminal entry (`done` or `error`); nothing is appended after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+TERMINAL_KINDS = frozenset({"done", "error"})
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    seq: int
+    kind: str  # start | queued | text | tool_use | reset | done | error
+    payload: bytes  # the JSON object of the event, as sent in `data:`
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+
+@dataclass(slots=True)
+class StreamMeta:
+    stream_id: str
+    owner: str
+    request_id: str
+    model: str
+    fingerprint: str  # hash of the request body, for Idempotency-Key checks
+    created_at: float
+    idempotency_key: str | None = None
+
+
+class StreamLog(Protocol):
+    async def create(self, meta: StreamMeta) -> None:
+        """Register a new, empty stream."""
+        ...
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        """The stream's metadata, or None if it is unknown or expired."""
+        ...
+
+    async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
+        """Append one event and wake every waiting reader; returns its seq.
+        A terminal kind closes the stream and starts its `stream_ttl`."""
+        ...
+
+    async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
+        """Every entry with `seq > after`, in order. If there is none yet and the stream
+        is open, waits up to `wait` seconds for one and returns [] on time-out.
+        None if the stream is unknown or expired."""
+        ...
+
+    async def claim_idempotency_key(
+        self, scope: str, key: str, stream_id: str, fingerprint: str
+    ) -> tuple[str, str]:
+        """Bind `key` (within `scope`) to `stream_id` and the request's fingerprint
+        unless it is already bound; returns the (stream id, fingerprint) it is bound to.
+        The binding lives as long as the stream's log."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store is reachable."""
+        ...
+
+    async def aclose(self) -> None: ...

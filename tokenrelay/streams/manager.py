@@ -1,0 +1,206 @@
+"""StreamManager: creates streams, runs their producers, attaches readers, cancels.
+
+Knows nothing of HTTP. Drain state and every producer task live here, so the
+lifespan can stop them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
+from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.base import GenerationRequest, Provider
+from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
+from tokenrelay.streams.producer import (
+    ABANDONED,
+    CANCELLED,
+    SHUTDOWN,
+    Producer,
+    RetryPolicy,
+    StopReason,
+)
+
+log = logging.getLogger("tokenrelay.streams")
+
+
+def new_stream_id() -> str:
+    """192 random bits: unguessable, and safe in a URL and an SSE `id:` line."""
+    return secrets.token_urlsafe(24)
+
+
+def fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimings:
+    heartbeat_interval: float = 15.0
+    abandon_after: float = 60.0
+
+
+class StreamManager:
+    def __init__(
+        self,
+        *,
+        log: StreamLog,
+        provider: Provider,
+        models: ModelTable,
+        retry: RetryPolicy,
+        timings: StreamTimings,
+    ) -> None:
+        self.log = log
+        self.provider = provider
+        self.models = models
+        self._retry = retry
+        self._timings = timings
+        self._producers: dict[str, tuple[Producer, asyncio.Task[None]]] = {}
+        self._readers: dict[str, int] = {}
+        self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
+        self.draining = False
+
+    async def start(
+        self,
+        request: GenerationRequest,
+        *,
+        owner: str,
+        request_id: str,
+        body_fingerprint: str,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Start a stream (or, for a known Idempotency-Key, find it); returns its id.
+        The `start` event is in the log before this returns."""
+        if self.draining:
+            raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
+        stream_id = new_stream_id()
+        if idempotency_key is not None:
+            bound_id, bound_fp = await self.log.claim_idempotency_key(
+                owner, idempotency_key, stream_id, body_fingerprint
+            )
+            if bound_id != stream_id:
+                if bound_fp != body_fingerprint:
+                    raise IdempotencyConflict(
+                        "Idempotency-Key was already used with a different request body"
+                    )
+                return bound_id
+        meta = StreamMeta(
+            stream_id=stream_id,
+            owner=owner,
+            request_id=request_id,
+            model=request.model,
+            fingerprint=body_fingerprint,
+            created_at=time.time(),
+            idempotency_key=idempotency_key,
+        )
+        await self.log.create(meta)
+        start = {"stream_id": stream_id, "request_id": request_id, "model": request.model}
+        await self.log.append(stream_id, "start", start)
+        producer = Producer(
+            stream_id=stream_id,
+            request=request,
+            provider=self.provider,
+            log=self.log,
+            models=self.models,
+            retry=self._retry,
+        )
+        task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
+        self._producers[stream_id] = (producer, task)
+        task.add_done_callback(lambda _t: self._producer_done(stream_id))
+        # A stream nobody ever reads is abandoned like one whose reader left.
+        self._arm_abandon(stream_id)
+        return stream_id
+
+    async def lookup(self, stream_id: str, owner: str) -> StreamMeta:
+        """The stream's metadata, if it exists and belongs to `owner`; else StreamNotFound."""
+        meta = await self.log.meta(stream_id)
+        if meta is None or meta.owner != owner:
+            raise StreamNotFound(f"No stream {stream_id!r}: unknown, expired, or not yours")
+        return meta
+
+    async def follow(self, stream_id: str, after: int) -> AsyncIterator[list[Entry]]:
+        """Batches of entries with `seq > after`, as they arrive, until the terminal one.
+        An empty batch means nothing arrived for `heartbeat_interval` (time for a ping).
+        While anyone follows a stream it is not abandoned."""
+        self._attach(stream_id)
+        try:
+            # The first read does not wait, so a response starts with what is there.
+            wait = 0.0
+            read = self.log.read
+            while True:
+                entries = await read(stream_id, after, wait)
+                wait = self._timings.heartbeat_interval
+                if entries is None:  # expired while we were reading
+                    return
+                yield entries
+                if entries:
+                    last = entries[-1]
+                    if last.terminal:
+                        return
+                    after = last.seq
+        finally:
+            self._detach(stream_id)
+
+    async def cancel(self, stream_id: str, owner: str) -> bool:
+        """Stop the stream's generation now; its log ends with a `cancelled` error.
+        False when the stream had already ended."""
+        await self.lookup(stream_id, owner)
+        return self._stop(stream_id, CANCELLED)
+
+    def _stop(self, stream_id: str, reason: StopReason) -> bool:
+        running = self._producers.get(stream_id)
+        if running is None:
+            return False
+        producer, task = running
+        producer.stop_reason = reason
+        return task.cancel()
+
+    def _attach(self, stream_id: str) -> None:
+        self._readers[stream_id] = self._readers.get(stream_id, 0) + 1
+        timer = self._abandon_timers.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _detach(self, stream_id: str) -> None:
+        left = self._readers.get(stream_id, 1) - 1
+        if left > 0:
+            self._readers[stream_id] = left
+            return
+        self._readers.pop(stream_id, None)
+        self._arm_abandon(stream_id)
+
+    def _arm_abandon(self, stream_id: str) -> None:
+        if stream_id not in self._producers or self._readers.get(stream_id):
+            return
+        loop = asyncio.get_running_loop()
+        self._abandon_timers[stream_id] = loop.call_later(
+            self._timings.abandon_after, self._abandon, stream_id
+        )
+
+    def _abandon(self, stream_id: str) -> None:
+        self._abandon_timers.pop(stream_id, None)
+        log.info("stream abandoned: stream=%s", stream_id)
+        self._stop(stream_id, ABANDONED)
+
+    def _producer_done(self, stream_id: str) -> None:
+        self._producers.pop(stream_id, None)
+        timer = self._abandon_timers.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._producers)
+
+    async def aclose(self) -> None:
+        """Stop every producer; their streams end with the retryable `shutdown` error."""
+        self.draining = True
+        tasks = [task for _, task in self._producers.values()]
+        for stream_id in list(self._producers):
+            self._stop(stream_id, SHUTDOWN)
+        await asyncio.gather(*tasks, return_exceptions=True)
