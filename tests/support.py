@@ -23,7 +23,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_ok(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_ok(
+    url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -61,5 +61,49 @@ def simulate(
     run(host, port, ttft_ms=ttft_ms, tps=tps)
 
 
+@app.command()
+def chat(
+    prompt: str = typer.Argument(..., help="What to ask."),
+    url: str = typer.Option("http://127.0.0.1:8080", envvar="TOKENRELAY_URL", help="Gateway URL."),
+    model: str = typer.Option(None, help="Model (default: the gateway's)."),
+    max_tokens: int = typer.Option(None, help="Longest answer, in tokens."),
+    system: str = typer.Option(None, help="System prompt."),
+) -> None:
+    """Ask a running gateway and print the answer as it streams."""
+    import asyncio
+
+    from tokenrelay.chat import run_chat
+
+    params = {"model": model, "max_tokens": max_tokens, "system": system}
+    ok = asyncio.run(run_chat(url, prompt, {k: v for k, v in params.items() if v is not None}))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def bench(
+    gateway: str = typer.Option(None, help="Gateway URL; default: start one here."),
+    upstream: str = typer.Option(None, help="Upstream URL; default: start a simulator here."),
+    gateway_pid: int = typer.Option(None, help="PID of the gateway, for its CPU and memory."),
+    concurrency: int = typer.Option(100, "-c", "--concurrency", help="Streams open at once."),
+    total: int = typer.Option(200, "-n", "--total", help="Streams in all, per phase."),
+    tokens: int = typer.Option(50, help="Tokens per stream."),
+    tps: float = typer.Option(50.0, help="Tokens per second per stream (0: unpaced)."),
+    ttft_ms: int = typer.Option(0, help="Upstream delay before the first token."),
+    model: str = typer.Option("claude-haiku-4-5", help="Model to ask for."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compare the gateway with a direct connection to the upstream, in one run."""
+    from tokenrelay.bench import BenchConfig
+    from tokenrelay.bench_run import run_bench
+
+    config = BenchConfig(
+        concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms, model=model
+    )
+    ok = run_bench(
+        config, gateway=gateway, upstream=upstream, gateway_pid=gateway_pid, json_out=json_out
+    )
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     app()

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from tokenrelay.errors import GatewayError, error_body
@@ -49,6 +50,11 @@ async def http_error(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "api_error"), message)
 
 
+async def client_gone(_: Request, exc: Exception) -> Response:
+    # The client left mid-request: nobody will read an answer, and it is not our fault.
+    return Response(status_code=400)
+
+
 async def unexpected_error(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "api_error", "Internal gateway error")
@@ -58,4 +64,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,172 @@
+"""Every bad input of DESIGN §3.2: its status, Claude's JSON error shape, never a 500."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+from tests.streams import start
+from tests.test_streaming import unique
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert set(body["error"]) == {"type", "message"}
+    assert body["error"]["type"] == error_type
+    assert body["error"]["message"].endswith(tuple("abcdefghijklmnopqrstuvwxyz0123456789"))
+    return str(body["error"]["message"])
+
+
+BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str]] = [
+    ("not json", b"{prompt: hi", "Request body is not valid JSON"),
+    ("empty body", b"", "Request body is empty; send a JSON object with a prompt"),
+    ("json array", b"[1, 2]", "Request body must be a JSON object"),
+    ("prompt missing", {}, "prompt is required (a non-empty string), or send messages"),
+    ("prompt empty", {"prompt": "   "}, "prompt must not be empty"),
+    ("prompt not a string", {"prompt": 42}, "Invalid prompt: Input should be a valid string"),
+    ("max_tokens a string", {"prompt": "hi", "max_tokens": "10"},
+     "Invalid max_tokens: Input should be a valid integer"),
+    ("max_tokens zero", {"prompt": "hi", "max_tokens": 0},
+     "Invalid max_tokens: Input should be greater than or equal to 1"),
+    ("max_tokens over ceiling", {"prompt": "hi", "max_tokens": 10**6},
+     "max_tokens must be between 1 and 64000"),
+    ("unknown field", {"prompt": "hi", "bogus": 1}, "Unknown field: bogus"),
+    ("unknown model", {"prompt": "hi", "model": "claude-nope-9"}, "Unknown model: claude-nope-9"),
+    ("both prompt and messages", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
+     "Send either prompt or messages, not both"),
+    ("messages empty", {"messages": []}, "messages must not be empty"),
+    ("bad role", {"messages": [{"role": "robot", "content": "x"}]},
+     "Invalid messages.0.role: Input should be 'user' or 'assistant'"),
+    ("assistant first", {"messages": [{"role": "assistant", "content": "x"}]},
+     "The first message must have role 'user'"),
+    ("prompt over the limit", {"prompt": "x" * 10_001},
+     "Prompt is too long: 10001 characters, the limit is 10000"),
+    ("messages over the limit",
+     {"messages": [{"role": "user", "content": "x" * 6000}, {"role": "assistant", "content": "y"},
+                   {"role": "user", "content": "z" * 4001}]},
+     "Prompt is too long: 10002 characters, the limit is 10000"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "body", "message"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+async def test_bad_body_is_a_400_with_a_clear_message(
+    client: httpx.AsyncClient, case: str, body: bytes | dict[str, Any], message: str
+) -> None:
+    if isinstance(body, bytes):
+        response = await client.post(
+            "/api/stream-response", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        response = await client.post("/api/stream-response", json=body)
+    assert assert_error(response, 400, "invalid_request_error") == message
+
+
+async def test_prompt_at_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    read = await start(client, {"prompt": "x" * 9_960 + unique("[[sim:tokens=2]]")[:40]})
+    assert read.events[-1].data["done"] is True
+
+
+async def test_body_over_one_mib_is_413_by_content_length(client: httpx.AsyncClient) -> None:
+    body = b'{"prompt": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await client.post(
+        "/api/stream-response", content=body, headers={"content-type": "application/json"}
+    )
+    message = assert_error(response, 413, "request_too_large")
+    assert message == "Request body is too large: the limit is 1048576 bytes"
+
+
+async def test_chunked_body_over_one_mib_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"prompt": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = await client.post(
+        "/api/stream-response", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413, "request_too_large")
+
+
+def test_truncated_body_does_not_hang_the_connection(stack: Stack) -> None:
+    host, port = stack.gateway.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/stream-response HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt":'
+        )
+        sock.shutdown(socket.SHUT_WR)  # the client gives up mid-body
+        assert sock.recv(65536) == b""  # closed, not hung (the 5 s timeout would raise)
+
+
+async def test_unknown_stream_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/streams/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    assert assert_error(response, 404, "not_found_error").startswith("No stream")
+    response = await client.delete("/api/streams/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    assert_error(response, 404, "not_found_error")
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["garbage", "abc:", ":5", "abc:-1", "abc:1.5", "a b:1", "abc:²", "x" * 80 + ":1"],
+)
+async def test_malformed_last_event_id_is_400(
+    client: httpx.AsyncClient, last_event_id: str
+) -> None:
+    response = await client.get("/api/streams/abc", headers={"Last-Event-ID": last_event_id})
+    message = assert_error(response, 400, "invalid_request_error")
+    assert message == "Last-Event-ID must look like <stream_id>:<seq>"
+
+
+async def test_last_event_id_of_another_stream_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/streams/abc", headers={"Last-Event-ID": "xyz:3"})
+    assert assert_error(response, 400, "invalid_request_error") == (
+        "Last-Event-ID names a different stream"
+    )
+
+
+async def test_bad_after_parameter_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/streams/abc?after=banana")
+    assert_error(response, 400, "invalid_request_error")
+
+
+async def test_eventsource_get_without_prompt_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/stream-response")
+    assert assert_error(response, 400, "invalid_request_error") == (
+        "prompt is required (a non-empty string), or send messages"
+    )
+    response = await client.get("/api/stream-response", params={"prompt": "a", "max_tokens": "x"})
+    assert assert_error(response, 400, "invalid_request_error") == (
+        "max_tokens must be a positive integer"
+    )
+
+
+async def test_unknown_route_and_wrong_method_use_the_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    assert_error(await client.get("/nope"), 404, "not_found_error")
+    assert_error(await client.put("/api/stream-response"), 405, "invalid_request_error")
+
+
+async def test_same_idempotency_key_attaches_to_the_same_stream(own_stack: Stack) -> None:
+    body = {"prompt": unique("Once only [[sim:tokens=10]]")}
+    headers = {"Idempotency-Key": "order-42"}
+    async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
+        first = await start(client, body, headers=headers)
+        second = await start(client, body, headers=headers)
+        assert second.events[0].stream_id == first.events[0].stream_id
+        assert [e.data for e in second.events] == [e.data for e in first.events]
+        other = await client.post(
+            "/api/stream-response", json={"prompt": "different"}, headers=headers
+        )
+        assert assert_error(other, 422, "invalid_request_error") == (
+            "Idempotency-Key was already used with a different request body"
+        )
+    assert own_stack.sim_stats()["requests"] == 1

@@ -1,0 +1,103 @@
+"""Pure pieces, golden-tested: the tokens dialect, Last-Event-ID, retry delays, the log."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tokenrelay.dialects.tokens import (
+    event_id_prefix,
+    parse_last_event_id,
+    render_entries,
+    retry_field,
+)
+from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.base import Usage
+from tokenrelay.streams.log import Entry, StreamMeta
+from tokenrelay.streams.memory import MemoryLog
+from tokenrelay.streams.producer import RetryPolicy
+
+
+def test_tokens_dialect_renders_a_batch_as_one_golden_chunk() -> None:
+    entries = [Entry(0, "start", b'{"stream_id":"s1"}'), Entry(1, "text", b'{"token":"Hi"}')]
+    assert render_entries(event_id_prefix("s1"), entries) == (
+        b'id: s1:0\ndata: {"stream_id":"s1"}\n\nid: s1:1\ndata: {"token":"Hi"}\n\n'
+    )
+    assert retry_field(3000) == b"retry: 3000\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("abc:0", ("abc", 0)),
+        ("a-b_C9:123", ("a-b_C9", 123)),
+        ("  abc:7 ", ("abc", 7)),
+        ("abc", None),
+        ("abc:", None),
+        (":3", None),
+        ("abc:-1", None),
+        ("abc:١٢", None),  # non-ASCII digits
+        ("ab c:1", None),
+        ("abc:1:2", None),
+        ("abc:" + "9" * 13, None),
+    ],
+)
+def test_parse_last_event_id(value: str, parsed: tuple[str, int] | None) -> None:
+    assert parse_last_event_id(value) == parsed
+
+
+def test_retry_policy_backs_off_exponentially_with_jitter_and_honours_retry_after() -> None:
+    policy = RetryPolicy(retries=4, base_delay=0.5, max_delay=2.0, retry_after_ceiling=10)
+    for retry, ceiling in enumerate([0.5, 1.0, 2.0, 2.0]):
+        for _ in range(50):
+            delay = policy.delay(retry, None)
+            assert delay is not None and ceiling * 0.75 <= delay <= ceiling
+    assert policy.delay(0, 3.0) == 3.0
+    assert policy.delay(0, 11.0) is None  # longer than we are willing to wait
+    assert policy.delay(4, None) is None  # out of retries
+
+
+def test_cost_uses_the_model_prices() -> None:
+    table = ModelTable()
+    usage = Usage(input_tokens=1000, output_tokens=200, cache_read_input_tokens=500)
+    # sonnet-4-5: $3 in, $15 out, $0.3 cache read, per million tokens
+    assert table.cost_usd("claude-sonnet-4-5", usage) == round((3000 + 3000 + 150) / 1e6, 8)
+    assert table.accepts_prefill("claude-haiku-4-5") is True
+    assert table.accepts_prefill("claude-sonnet-4-6") is False
+    assert table.accepts_prefill("claude-unknown") is False
+
+
+def meta(stream_id: str) -> StreamMeta:
+    return StreamMeta(stream_id, "alice", "req_1", "claude-haiku-4-5", "fp", 0.0)
+
+
+async def test_memory_log_reads_after_an_offset_and_wakes_waiting_readers() -> None:
+    log = MemoryLog(stream_ttl=60)
+    await log.create(meta("s"))
+    assert await log.append("s", "start", {"stream_id": "s"}) == 0
+    assert [e.seq for e in await log.read("s", -1, 0) or []] == [0]
+    assert await log.read("s", 0, 0.01) == []  # nothing new: times out empty
+    waiter = asyncio.create_task(log.read("s", 0, 5))
+    await asyncio.sleep(0)
+    await log.append("s", "text", {"token": "a"})
+    entries = await waiter
+    assert entries is not None and [(e.seq, e.payload) for e in entries] == [(1, b'{"token":"a"}')]
+    await log.append("s", "done", {"done": True})
+    with pytest.raises(RuntimeError):
+        await log.append("s", "text", {"token": "late"})
+    assert await log.read("missing", -1, 0) is None
+    await log.aclose()
+
+
+async def test_memory_log_drops_a_finished_stream_and_its_key_after_ttl() -> None:
+    log = MemoryLog(stream_ttl=0.05)
+    m = meta("s")
+    m.idempotency_key = "k"
+    assert await log.claim_idempotency_key("alice", "k", "s", "fp") == ("s", "fp")
+    assert await log.claim_idempotency_key("alice", "k", "other", "fp2") == ("s", "fp")
+    await log.create(m)
+    await log.append("s", "error", {"error": "x"})
+    await asyncio.sleep(0.1)
+    assert await log.meta("s") is None
+    assert await log.claim_idempotency_key("alice", "k", "new", "fp3") == ("new", "fp3")

@@ -1,0 +1,261 @@
+"""`tokenrelay bench`: the gateway against a direct connection to its upstream, in one run.
+
+Each phase opens C concurrent streams (R in all) of the same paced request, once
+straight to the upstream's `/v1/messages` and once through the gateway's
+`/api/stream-response`, and checks that every stream delivered exactly the expected
+number of tokens and ended properly. The client is a minimal raw-socket HTTP/1.1
+reader, so that the load generator costs as little CPU as possible on a small machine
+it shares with the servers it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+    path: str
+    body: bytes
+    headers: str
+    token_marker: bytes
+    end_marker: bytes
+    error_marker: bytes
+
+
+@dataclass(slots=True)
+class StreamResult:
+    ttft: float | None = None
+    tokens: int = 0
+    ended: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    name: str
+    results: list[StreamResult]
+    wall: float
+    cpu_seconds: float | None = None
+    peak_rss_kib: int | None = None
+    idle_rss_kib: int | None = None
+
+    @property
+    def ttfts_ms(self) -> list[float]:
+        return sorted(r.ttft * 1000 for r in self.results if r.ttft is not None)
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.results)
+
+    def errors(self, expected_tokens: int) -> int:
+        return sum(1 for r in self.results if r.error or not r.ended or r.tokens != expected_tokens)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def prompt_for(tokens: int, tps: float, ttft_ms: int) -> str:
+    return (
+        f"Benchmark stream. [[sim:tokens={tokens}]] [[sim:tps={tps:g}]] [[sim:ttft_ms={ttft_ms}]]"
+    )
+
+
+def direct_target(upstream: str, prompt: str, tokens: int, model: str) -> Target:
+    body = orjson.dumps(
+        {
+            "model": model,
+            "max_tokens": tokens + 10,
+            "stream": True,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+    )
+    headers = "x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
+    return Target(
+        "direct", upstream, "/v1/messages", body, headers,
+        b'"text_delta"', b"event: message_stop", b"event: error",
+    )  # fmt: skip
+
+
+def gateway_target(gateway: str, prompt: str, tokens: int, model: str) -> Target:
+    body = orjson.dumps({"prompt": prompt, "model": model, "max_tokens": tokens + 10})
+    return Target(
+        "gateway", gateway, "/api/stream-response", body, "",
+        b'{"token":', b'{"done":true', b'{"error":',
+    )  # fmt: skip
+
+
+async def run_stream(target: Target, stream_timeout: float) -> StreamResult:
+    result = StreamResult()
+    parts = urlsplit(target.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(target.body)}\r\n"
+        f"Connection: close\r\n{target.headers}\r\n"
+    ).encode() + target.body
+    marker, end, err = target.token_marker, target.end_marker, target.error_marker
+    carry = len(max(marker, end, err, key=len)) - 1
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(stream_timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(request)
+                tail = b""
+                while chunk := await reader.read(65536):
+                    window = tail + chunk
+                    count = window.count(marker) - tail.count(marker)
+                    if count and result.ttft is None:
+                        result.ttft = time.perf_counter() - started
+                    result.tokens += count
+                    if end in window:
+                        result.ended = True
+                    if err in window and result.error is None:
+                        result.error = "error event"
+                    tail = window[-carry:]
+            finally:
+                writer.close()
+    except TimeoutError:
+        result.error = "timeout"
+    except OSError as exc:
+        result.error = type(exc).__name__
+    return result
+
+
+async def run_phase(
+    target: Target, concurrency: int, total: int, stream_timeout: float
+) -> PhaseResult:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> StreamResult:
+        async with semaphore:
+            return await run_stream(target, stream_timeout)
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one() for _ in range(total)))
+    return PhaseResult(target.name, list(results), time.perf_counter() - started)
+
+
+@dataclass(slots=True)
+class ProcessProbe:
+    """CPU time and memory of a local process, read from /proc."""
+
+    pid: int
+    peak_rss_kib: int = 0
+    _cpu0: float = 0.0
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak_rss_kib = max(self.peak_rss_kib, self.rss_kib())
+            await asyncio.sleep(0.05)
+
+    def start(self) -> None:
+        self.peak_rss_kib = self.rss_kib()
+        self._cpu0 = self.cpu_seconds()
+        self._task = asyncio.create_task(self._sample())
+
+    def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+        return self.cpu_seconds() - self._cpu0
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    concurrency: int = 100
+    total: int = 200
+    tokens: int = 50
+    tps: float = 50.0
+    ttft_ms: int = 0
+    model: str = "claude-haiku-4-5"
+    timeout: float = 120.0
+    warmup: int = 10
+
+
+@dataclass(slots=True)
+class Comparison:
+    config: BenchConfig
+    direct: PhaseResult
+    gateway: PhaseResult
+
+    def summary(self) -> dict[str, float | int | None]:
+        cfg, d, g = self.config, self.direct, self.gateway
+        dt, gt = d.ttfts_ms, g.ttfts_ms
+        out: dict[str, float | int | None] = {
+            "concurrency": cfg.concurrency,
+            "streams": cfg.total,
+            "tokens_per_stream": cfg.tokens,
+            "direct_errors": d.errors(cfg.tokens),
+            "gateway_errors": g.errors(cfg.tokens),
+            "gateway_tokens": g.tokens,
+            "direct_ttft_p50_ms": percentile(dt, 50),
+            "direct_ttft_p99_ms": percentile(dt, 99),
+            "gateway_ttft_p50_ms": percentile(gt, 50),
+            "gateway_ttft_p99_ms": percentile(gt, 99),
+            "added_ttft_p50_ms": percentile(gt, 50) - percentile(dt, 50),
+            "added_ttft_p99_ms": percentile(gt, 99) - percentile(dt, 99),
+            "direct_tokens_per_s": d.tokens / d.wall,
+            "gateway_tokens_per_s": g.tokens / g.wall,
+            "rate_kept_vs_direct": (g.tokens / g.wall) / (d.tokens / d.wall) if d.tokens else None,
+            "gateway_cpu_s": g.cpu_seconds,
+            "gateway_cpu_us_per_token": (
+                g.cpu_seconds / g.tokens * 1e6 if g.cpu_seconds is not None and g.tokens else None
+            ),
+            "gateway_idle_rss_mib": g.idle_rss_kib / 1024 if g.idle_rss_kib else None,
+            "gateway_peak_rss_mib": g.peak_rss_kib / 1024 if g.peak_rss_kib else None,
+            "gateway_kib_per_stream": (
+                (g.peak_rss_kib - g.idle_rss_kib) / cfg.concurrency
+                if g.peak_rss_kib and g.idle_rss_kib
+                else None
+            ),
+        }
+        return out
+
+
+async def compare(
+    gateway: str, upstream: str, config: BenchConfig, gateway_pid: int | None
+) -> Comparison:
+    prompt = prompt_for(config.tokens, config.tps, config.ttft_ms)
+    direct = direct_target(upstream, prompt, config.tokens, config.model)
+    through = gateway_target(gateway, prompt, config.tokens, config.model)
+    for target in (direct, through):  # connections, caches and code paths warmed alike
+        await run_phase(target, min(config.warmup, config.concurrency), config.warmup, 30)
+    direct_result = await run_phase(direct, config.concurrency, config.total, config.timeout)
+    probe = ProcessProbe(gateway_pid) if gateway_pid else None
+    idle_rss = probe.rss_kib() if probe else None
+    if probe:
+        probe.start()
+    gateway_result = await run_phase(through, config.concurrency, config.total, config.timeout)
+    if probe:
+        gateway_result.cpu_seconds = probe.stop()
+        gateway_result.peak_rss_kib = probe.peak_rss_kib
+        gateway_result.idle_rss_kib = idle_rss
+    return Comparison(config, direct_result, gateway_result)

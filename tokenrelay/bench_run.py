@@ -1,0 +1,145 @@
+"""Running `tokenrelay bench`: start what was not given, measure, print the comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from tokenrelay.bench import BenchConfig, Comparison, compare
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _launch(args: list[str], ready: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenrelay", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(ready, timeout=1).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"could not start: tokenrelay {' '.join(args)}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_bench(
+    config: BenchConfig,
+    *,
+    gateway: str | None,
+    upstream: str | None,
+    gateway_pid: int | None,
+    json_out: bool,
+) -> bool:
+    with contextlib.ExitStack() as stack:
+        if upstream is None:
+            port = _free_port()
+            upstream = f"http://127.0.0.1:{port}"
+            sim = ["simulate", "--port", str(port), "--ttft-ms", "0", "--tps", "0"]
+            stack.enter_context(_launch(sim, f"{upstream}/healthz", {}))
+        if gateway is None:
+            port = _free_port()
+            gateway = f"http://127.0.0.1:{port}"
+            serve = ["serve", "--port", str(port), "--provider", "anthropic"]
+            serve += ["--anthropic-base-url", upstream, "--log-level", "warning"]
+            env = {"ANTHROPIC_API_KEY": "bench"}
+            proc = stack.enter_context(_launch(serve, f"{gateway}/readyz", env))
+            gateway_pid = proc.pid
+        result = _run(compare(gateway, upstream, config, gateway_pid))
+    summary = result.summary()
+    if json_out:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_comparison(result)
+    return summary["gateway_errors"] == 0 and summary["direct_errors"] == 0
+
+
+def _run(coro: Coroutine[Any, Any, Comparison]) -> Comparison:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _fmt(value: float | int | None, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value}{unit}"
+    return f"{value:,.2f}{unit}"
+
+
+def print_comparison(result: Comparison) -> None:
+    s = result.summary()
+    cfg = result.config
+    console = Console()
+    console.print(
+        f"[bold]tokenrelay bench[/bold]: {cfg.total} streams, {cfg.concurrency} at once, "
+        f"{cfg.tokens} tokens each at {cfg.tps:g} tok/s, upstream TTFT {cfg.ttft_ms} ms"
+    )
+    table = Table("figure", "direct", "gateway", "added / ratio")
+    table.add_row(
+        "errors (or wrong token count)", _fmt(s["direct_errors"]), _fmt(s["gateway_errors"]), ""
+    )
+    table.add_row(
+        "TTFT p50",
+        _fmt(s["direct_ttft_p50_ms"], " ms"),
+        _fmt(s["gateway_ttft_p50_ms"], " ms"),
+        _fmt(s["added_ttft_p50_ms"], " ms"),
+    )
+    table.add_row(
+        "TTFT p99",
+        _fmt(s["direct_ttft_p99_ms"], " ms"),
+        _fmt(s["gateway_ttft_p99_ms"], " ms"),
+        _fmt(s["added_ttft_p99_ms"], " ms"),
+    )
+    table.add_row(
+        "tokens/s (all streams)",
+        _fmt(s["direct_tokens_per_s"]),
+        _fmt(s["gateway_tokens_per_s"]),
+        _fmt(s["rate_kept_vs_direct"], "×"),
+    )
+    table.add_row(
+        "gateway CPU",
+        "",
+        _fmt(s["gateway_cpu_s"], " s"),
+        _fmt(s["gateway_cpu_us_per_token"], " µs/token"),
+    )
+    table.add_row(
+        "gateway RSS idle → peak",
+        "",
+        f"{_fmt(s['gateway_idle_rss_mib'])} → {_fmt(s['gateway_peak_rss_mib'], ' MiB')}",
+        _fmt(s["gateway_kib_per_stream"], " KiB/stream"),
+    )
+    console.print(table)
