@@ -103,8 +103,13 @@ class UpstreamError(GatewayError):
 class UpstreamIncomplete(UpstreamError):
     """The upstream stream ended (cleanly, cut, or by an `error` event) before `message_stop`."""
 
-    def __init__(self, message: str, *, error_type: str = "api_error") -> None:
+    def __init__(
+        self, message: str, *, error_type: str = "api_error", cut_block: str | None = None
+    ) -> None:
         super().__init__(message, status=502, error_type=error_type, retryable=True)
+        # The kind of content block the stream was cut inside, when that was not text
+        # (tool_use, thinking): such a block cannot be continued by a prefill.
+        self.cut_block = cut_block
 
 
 def error_body(error_type: str, message: str) -> bytes:

@@ -6,8 +6,10 @@ Prices are USD per million tokens and change; `Settings.prices_file` overrides t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -22,6 +24,10 @@ class ModelInfo:
     cache_read: float
     output: float
     accepts_prefill: bool
+
+
+def _fields(info: ModelInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in ModelInfo.__slots__}
 
 
 def _m(i: float, w5: float, w1: float, r: float, o: float, prefill: bool) -> ModelInfo:
@@ -60,7 +66,7 @@ class ModelTable:
             return table
         for name, fields in orjson.loads(path.read_bytes()).items():
             base = table.models.get(name, _m(0, 0, 0, 0, 0, False))
-            merged = {k: fields.get(k, getattr(base, k)) for k in ModelInfo.__slots__}
+            merged = {**_fields(base), **fields}
             table.models[name] = ModelInfo(**merged)
         return table
 
@@ -71,6 +77,12 @@ class ModelTable:
         """Unknown models are assumed to reject prefill: a restart is safe, a splice is not."""
         info = self.models.get(model)
         return info is not None and info.accepts_prefill
+
+    def mark_rejects_prefill(self, model: str) -> None:
+        """The upstream refused a prefill for `model`: never splice for it again."""
+        info = self.models.get(model)
+        if info is not None and info.accepts_prefill:
+            self.models[model] = dataclasses.replace(info, accepts_prefill=False)
 
     def cost_usd(self, model: str, usage: Usage) -> float:
         info = self.models.get(model)

@@ -8,9 +8,13 @@ one terminal entry (`done` or `error`); nothing is appended after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 TERMINAL_KINDS = frozenset({"done", "error"})
+
+
+class StreamTakenOver(Exception):
+    """Another process now writes this stream; the local producer must stop quietly."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,6 +37,7 @@ class StreamMeta:
     fingerprint: str  # hash of the request body, for Idempotency-Key checks
     created_at: float
     idempotency_key: str | None = None
+    request: bytes = b""  # the GenerationRequest as JSON, for a takeover by another process
 
 
 class StreamLog(Protocol):
@@ -68,3 +73,39 @@ class StreamLog(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedStreamLog(StreamLog, Protocol):
+    """A log shared by several gateway processes: producers hold leases, and a stream
+    whose producer died is adopted by another process."""
+
+    async def acquire_lease(self, stream_id: str, holder: str, ms: int) -> bool: ...
+
+    async def renew_leases(self, stream_ids: list[str], holder: str, ms: int) -> None: ...
+
+    async def release_lease(self, stream_id: str) -> None: ...
+
+    async def orphaned_streams(self) -> list[str]:
+        """Running streams whose producer's lease has expired."""
+        ...
+
+    async def adopt(self, stream_id: str) -> list[Entry]:
+        """Continue writing a stream another process started; returns its entries."""
+        ...
+
+    def release(self, stream_id: str) -> None:
+        """This process stops writing the stream."""
+        ...
+
+    async def forget(self, stream_id: str) -> None:
+        """Stop tracking a running stream that can never be continued."""
+        ...
+
+    async def touch_reader(self, stream_id: str) -> None:
+        """Note that a reader somewhere is following the stream."""
+        ...
+
+    async def last_reader_seen(self, stream_id: str) -> float | None:
+        """When a reader last followed the stream (epoch seconds), in any process."""
+        ...

@@ -7,61 +7,40 @@ from typing import Any
 
 import orjson
 
+from tokenrelay.streams.fanout import Tail
 from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta
-
-
-class _Stream:
-    __slots__ = ("changed", "entries", "finished", "meta")
-
-    def __init__(self, meta: StreamMeta) -> None:
-        self.meta = meta
-        self.entries: list[Entry] = []
-        self.finished = False
-        # Readers wait on this event; an append sets it and puts a fresh one in place,
-        # so one `set()` wakes every reader of the stream at once.
-        self.changed = asyncio.Event()
 
 
 class MemoryLog:
     def __init__(self, stream_ttl: float) -> None:
         self._ttl = stream_ttl
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, tuple[StreamMeta, Tail]] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
 
     async def create(self, meta: StreamMeta) -> None:
-        self._streams[meta.stream_id] = _Stream(meta)
+        self._streams[meta.stream_id] = (meta, Tail())
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         stream = self._streams.get(stream_id)
-        return stream.meta if stream else None
+        return stream[0] if stream else None
 
     async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
-        stream = self._streams[stream_id]
-        if stream.finished:
+        tail = self._streams[stream_id][1]
+        if tail.finished:
             raise RuntimeError(f"stream {stream_id} already ended")
-        seq = len(stream.entries)
-        stream.entries.append(Entry(seq, kind, orjson.dumps(data)))
+        seq = len(tail.entries)
+        tail.push(Entry(seq, kind, orjson.dumps(data)))
         if kind in TERMINAL_KINDS:
-            stream.finished = True
             loop = asyncio.get_running_loop()
             self._expiry[stream_id] = loop.call_later(self._ttl, self._drop, stream_id)
-        changed, stream.changed = stream.changed, asyncio.Event()
-        changed.set()
         return seq
 
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
-        if len(stream.entries) > after + 1 or stream.finished:
-            return stream.entries[after + 1 :]
-        try:
-            async with asyncio.timeout(wait):
-                await stream.changed.wait()
-        except TimeoutError:
-            return []
-        return stream.entries[after + 1 :]
+        return await stream[1].read(after, wait)
 
     async def claim_idempotency_key(
         self, scope: str, key: str, stream_id: str, fingerprint: str
@@ -74,8 +53,8 @@ class MemoryLog:
     def _drop(self, stream_id: str) -> None:
         self._expiry.pop(stream_id, None)
         stream = self._streams.pop(stream_id, None)
-        if stream is not None and stream.meta.idempotency_key is not None:
-            self._idempotency.pop((stream.meta.owner, stream.meta.idempotency_key), None)
+        if stream is not None and stream[0].idempotency_key is not None:
+            self._idempotency.pop((stream[0].owner, stream[0].idempotency_key), None)
 
     async def aclose(self) -> None:
         for handle in self._expiry.values():

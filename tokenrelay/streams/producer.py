@@ -1,8 +1,18 @@
 """The producer: runs one stream's generation and appends it to the stream log.
 
 It is decoupled from every HTTP connection: it runs until the answer ends, the
-stream is cancelled, or nobody has watched it for `abandon_after`. Retries of a
-failed attempt happen here, before the first token, so every provider gets them.
+stream is cancelled, or nobody has watched it for `abandon_after`.
+
+Failures are handled here, so every provider gets the same behaviour:
+  - an attempt that fails before its first delta is retried with exponential backoff
+    and jitter, honouring `retry-after`, up to `retries` times in a row;
+  - an attempt that fails after some text is continued: on a model that accepts an
+    assistant prefill, the text so far (trailing whitespace stripped, as Claude
+    requires) becomes the final assistant turn and the continuation is appended to
+    the same stream; otherwise the answer restarts after a `reset` event. Up to
+    `continuations` times. A cut inside a tool_use or thinking block cannot be
+    continued and ends the stream with a clear error;
+  - the usage of every attempt is summed.
 """
 
 from __future__ import annotations
@@ -10,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tokenrelay.errors import UpstreamError
+import orjson
+
+from tokenrelay.errors import UpstreamError, UpstreamIncomplete
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import (
     GenerationRequest,
@@ -23,9 +35,11 @@ from tokenrelay.providers.base import (
     ToolUse,
     Usage,
 )
-from tokenrelay.streams.log import StreamLog
+from tokenrelay.streams.log import Entry, StreamLog, StreamTakenOver
 
 log = logging.getLogger("tokenrelay.producer")
+
+RESET = {"reset": True, "reason": "upstream_error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +48,7 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
     retry_after_ceiling: float = 30.0
+    continuations: int = 3
 
     def delay(self, retry: int, retry_after: float | None) -> float | None:
         """Seconds to wait before retry number `retry` (0-based), or None to give up."""
@@ -52,11 +67,58 @@ class StopReason:
     message: str
     code: str
     retryable: bool
+    final: bool = True  # False: stop without a final event (the stream is handed over)
 
 
 CANCELLED = StopReason("Stream cancelled", "cancelled", False)
 ABANDONED = StopReason("Stream abandoned: no client for too long", "abandoned", False)
 SHUTDOWN = StopReason("Server shutting down", "shutdown", True)
+HANDED_OVER = StopReason("Stream handed over to another instance", "handover", True, final=False)
+
+
+@dataclass(slots=True)
+class Answer:
+    """The text of the current answer so far: what a continuation prefills."""
+
+    parts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_entries(cls, entries: list[Entry]) -> Answer:
+        answer = cls()
+        for entry in entries:
+            if entry.kind == "text":
+                answer.parts.append(orjson.loads(entry.payload)["token"])
+            elif entry.kind == "reset":
+                answer.parts.clear()
+        return answer
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def continuation_request(request: GenerationRequest, so_far: str) -> GenerationRequest:
+    """The request again, with the answer so far as the final assistant turn."""
+    messages = list(request.messages)
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant" and isinstance(last["content"], str):
+        messages[-1] = {"role": "assistant", "content": (last["content"] + so_far).rstrip()}
+    else:
+        messages.append({"role": "assistant", "content": so_far.rstrip()})
+    return GenerationRequest(
+        model=request.model,
+        messages=messages,
+        max_tokens=request.max_tokens,
+        system=request.system,
+        temperature=request.temperature,
+        stop_sequences=request.stop_sequences,
+        tools=request.tools,
+        metadata=request.metadata,
+    )
+
+
+def _rejects_prefill(exc: UpstreamError) -> bool:
+    return exc.status == 400 and "prefill" in exc.message.lower()
 
 
 class Producer:
@@ -69,6 +131,7 @@ class Producer:
         log: StreamLog,
         models: ModelTable,
         retry: RetryPolicy,
+        answer: Answer | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.request = request
@@ -76,9 +139,15 @@ class Producer:
         self._log = log
         self._models = models
         self._retry = retry
+        # Set when continuing an answer begun elsewhere (a takeover): it is continued.
+        self._answer = answer or Answer()
         self.usage = Usage()
+        if answer is not None:  # the earlier producer's usage is lost with it: estimate
+            self.usage.output_tokens = len(answer.parts)
         self.stop_reason: StopReason = CANCELLED
         self.retries = 0
+        self.continuations = 0
+        self._attempt_deltas = 0
         self.finished = False
 
     async def run(self) -> None:
@@ -88,57 +157,122 @@ class Producer:
             # Record why the stream ended, with what it had cost so far, then let the
             # cancellation go on.
             reason = self.stop_reason
-            await self._finish_error(reason.message, reason.code, reason.retryable)
+            if reason.final:
+                await self._finish_error(reason.message, reason.code, reason.retryable)
             raise
+        except StreamTakenOver:
+            log.info("stream taken over elsewhere: stream=%s", self.stream_id)
         except Exception:
-            log.exception("producer failed", extra={"stream_id": self.stream_id})
+            log.exception("producer failed: stream=%s", self.stream_id)
             await self._finish_error("Internal gateway error", "internal", True)
 
     async def _generate(self) -> None:
+        while True:
+            so_far = self._answer.text
+            request = continuation_request(self.request, so_far) if so_far else self.request
+            # Claude refuses a prefill ending in whitespace, so it is stripped; the
+            # continuation then starts with that whitespace, which was already sent.
+            skip = len(so_far) - len(so_far.rstrip())
+            try:
+                if await self._attempt(request, skip):
+                    return
+                raise UpstreamIncomplete("upstream stream ended without message_stop")
+            except UpstreamError as exc:
+                if not await self._recover(exc, continuing=bool(so_far)):
+                    return
+
+    async def _attempt(self, request: GenerationRequest, skip: int) -> bool:
+        """One upstream attempt; True when it reached message_stop."""
         append = self._log.append
         sid = self.stream_id
-        while True:
-            attempt_usage = Usage()
-            deltas = 0
-            try:
-                async for delta in self._provider.stream(self.request):
-                    if type(delta) is str:
-                        deltas += 1
-                        await append(sid, "text", {"token": delta})
-                    elif isinstance(delta, MessageStart):
-                        attempt_usage = delta.usage
-                    elif isinstance(delta, ToolUse):
-                        deltas += 1
-                        tool = {"id": delta.id, "name": delta.name, "input": delta.input}
-                        await append(sid, "tool_use", {"tool_use": tool})
-                    elif isinstance(delta, MessageEnd):
-                        attempt_usage.output_tokens = delta.output_tokens
-                        self.usage.add(attempt_usage)
-                        await self._finish_done(delta.stop_reason)
-                        return
-                raise UpstreamError("upstream stream ended without message_stop", retryable=True)
-            except UpstreamError as exc:
-                # No message_delta arrived: the count of deltas is the best estimate.
-                attempt_usage.output_tokens = max(attempt_usage.output_tokens, deltas)
-                self.usage.add(attempt_usage)
-                wait = (
-                    None
-                    if deltas or not exc.retryable
-                    else self._retry.delay(self.retries, exc.retry_after)
-                )
-                if wait is None:
-                    await self._finish_error(exc.message, exc.code, exc.retryable)
-                    return
-                self.retries += 1
-                log.warning(
-                    "upstream attempt failed, retrying: stream=%s retry=%d in=%.2fs error=%s %s",
-                    sid,
-                    self.retries,
-                    wait,
-                    exc.status,
-                    exc.error_type,
-                )
-                await asyncio.sleep(wait)
+        parts = self._answer.parts
+        usage = Usage()
+        self._attempt_deltas = 0
+        try:
+            async for delta in self._provider.stream(request):
+                if type(delta) is str:
+                    if skip:
+                        dropped = min(skip, len(delta) - len(delta.lstrip()))
+                        delta = delta[dropped:]
+                        if not delta:
+                            skip -= dropped
+                            continue
+                        skip = 0
+                    self._attempt_deltas += 1
+                    parts.append(delta)
+                    await append(sid, "text", {"token": delta})
+                elif isinstance(delta, MessageStart):
+                    usage = delta.usage
+                elif isinstance(delta, ToolUse):
+                    self._attempt_deltas += 1
+                    tool = {"id": delta.id, "name": delta.name, "input": delta.input}
+                    await append(sid, "tool_use", {"tool_use": tool})
+                elif isinstance(delta, MessageEnd):
+                    usage.output_tokens = delta.output_tokens
+                    self.usage.add(usage)
+                    await self._finish_done(delta.stop_reason)
+                    return True
+        except UpstreamError:
+            # No message_delta arrived: the count of deltas is the best estimate.
+            usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
+            self.usage.add(usage)
+            raise
+        usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
+        self.usage.add(usage)
+        return False
+
+    async def _recover(self, exc: UpstreamError, *, continuing: bool) -> bool:
+        """Decide what a failed attempt leads to; False when the stream has ended."""
+        sid = self.stream_id
+        if continuing and _rejects_prefill(exc):
+            # The model turned out not to accept a prefill: remember, and restart.
+            self._models.mark_rejects_prefill(self.request.model)
+            return await self._restart(exc)
+        if not exc.retryable:
+            await self._finish_error(exc.message, exc.code, False)
+            return False
+        if self._attempt_deltas == 0:
+            wait = self._retry.delay(self.retries, exc.retry_after)
+            if wait is None:
+                await self._finish_error(exc.message, exc.code, True)
+                return False
+            self.retries += 1
+            log.warning(
+                "upstream attempt failed, retrying: stream=%s retry=%d in=%.2fs error=%s %s",
+                sid, self.retries, wait, exc.status, exc.error_type,
+            )  # fmt: skip
+            await asyncio.sleep(wait)
+            return True
+        self.retries = 0
+        cut = exc.cut_block if isinstance(exc, UpstreamIncomplete) else None
+        if cut is not None:
+            await self._finish_error(
+                f"Upstream stream was cut inside a {cut} block, which cannot be continued",
+                "incomplete_block",
+                False,
+            )
+            return False
+        self.continuations += 1
+        if self.continuations > self._retry.continuations:
+            await self._finish_error(exc.message, exc.code, True)
+            return False
+        if not self._models.accepts_prefill(self.request.model):
+            return await self._restart(exc)
+        log.warning(
+            "upstream stream failed mid-answer, continuing by prefill: stream=%s attempt=%d "
+            "chars=%d error=%s",
+            sid, self.continuations, len(self._answer.text), exc.error_type,
+        )  # fmt: skip
+        return True
+
+    async def _restart(self, exc: UpstreamError) -> bool:
+        log.warning(
+            "upstream stream failed mid-answer, restarting with reset: stream=%s error=%s",
+            self.stream_id, exc.error_type,
+        )  # fmt: skip
+        self._answer.parts.clear()
+        await self._log.append(self.stream_id, "reset", RESET)
+        return True
 
     def _accounting(self) -> dict[str, Any]:
         return {

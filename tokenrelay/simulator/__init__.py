@@ -1,0 +1,1 @@
+"""A deterministic stand-in for Claude, in-process and as a Messages API server."""

@@ -1,0 +1,272 @@
+"""The simulator's HTTP-free core: from a Messages API request to a `Plan`.
+
+Deterministic: the same request always yields the same text in the same deltas. The
+text is derived from a hash of (model, system, messages) with directives removed, so
+a prompt with fault directives yields exactly the text of the same prompt without
+them. A final assistant turn that is a prefix of that text is a prefill: the answer
+is exactly the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tokenrelay.pricing import ModelTable
+
+DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
+INT_DIRECTIVES = frozenset(
+    {"tokens", "ttft_ms", "status", "error_after", "drop_after", "fail_times"}
+)
+DEFAULT_TOKENS = 50
+PREFILL_REJECTED = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+
+WORDS = (
+    "river stone light morning quiet harbor garden signal winter bridge lantern paper "
+    "forest window silver engine market orchard thunder meadow candle compass valley "
+    "ribbon ocean pebble village mirror feather canyon shadow copper island breeze "
+    "anchor planet violet summer castle cedar marble falcon glacier horizon ivory jasmine "
+    "kettle ladder maple nectar opal prairie quartz raven saddle tundra umbrella velvet "
+    "willow yarrow zephyr amber basket cloud desert ember fjord grove hollow inlet "
+    "journey kernel lagoon mosaic north orbit pattern quill ridge summit tide upland "
+    "vessel wander apple bright calm deep early fair gentle happy idle kind lively "
+    "mellow noble open proud rapid steady tender vivid warm young brave clear quick "
+    "slow soft bold and the a of to in with over under near across beyond through "
+    "carries holds finds keeps makes brings shows leaves follows turns meets builds "
+    "draws hears sees knows grows moves rests waits sings"
+).split()
+
+
+class SimError(Exception):
+    """What Claude would answer with an HTTP error instead of a stream."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.retry_after = retry_after
+
+
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolBlock:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+    def json_fragments(self) -> list[str]:
+        """The input JSON cut in pieces, as Claude streams it."""
+        text = orjson.dumps(self.input).decode()
+        third = max(1, len(text) // 3)
+        return [text[:third], text[third : 2 * third], text[2 * third :]]
+
+
+@dataclass(slots=True)
+class Plan:
+    """One answer: what to send, how fast, and where it breaks."""
+
+    model: str
+    message_id: str
+    deltas: list[str]
+    stop_reason: str
+    input_tokens: int
+    ttft_s: float
+    tps: float
+    tool: ToolBlock | None = None
+    error_after: int | None = None  # send an overloaded_error event after N deltas
+    drop_after: int | None = None  # cut the connection after N deltas
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+    def delay_before(self, index: int) -> float:
+        """Seconds from the stream's start until delta `index` is due."""
+        if self.tps <= 0:
+            return self.ttft_s if index == 0 else 0.0
+        return self.ttft_s + index / self.tps
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+        )
+    return ""
+
+
+def _clean(text: str) -> str:
+    return " ".join(DIRECTIVE.sub(" ", text).split())
+
+
+def derive_deltas(key: bytes, count: int) -> list[str]:
+    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    deltas: list[str] = []
+    sentence_left = 0
+    while len(deltas) < count:
+        if sentence_left == 0:
+            sentence_left = rng.randint(6, 14)
+            word = rng.choice(WORDS).capitalize()
+        else:
+            word = rng.choice(WORDS)
+        sentence_left -= 1
+        if sentence_left == 0 or len(deltas) == count - 1:
+            word += "."
+            sentence_left = 0
+        deltas.append(word if not deltas else " " + word)
+    return deltas
+
+
+class Simulator:
+    def __init__(
+        self, *, ttft_ms: int = 300, tps: float = 60.0, models: ModelTable | None = None
+    ) -> None:
+        self.ttft_ms = ttft_ms
+        self.tps = tps
+        self.models = models or ModelTable()
+        self._attempts: OrderedDict[bytes, int] = OrderedDict()
+
+    def plan(self, body: dict[str, Any]) -> Plan:
+        """The answer to a Messages API request body; raises SimError for an HTTP error."""
+        model, messages, max_tokens = _required(body)
+        if model not in self.models:
+            raise SimError(404, "not_found_error", f"model: {model}")
+        directives = _directives(body)
+        prefill: str | None = None
+        if messages and messages[-1].get("role") == "assistant":
+            prefill = _text_of(messages[-1].get("content"))
+            if not self.models.accepts_prefill(model):
+                raise SimError(400, "invalid_request_error", PREFILL_REJECTED)
+            if prefill != prefill.rstrip():
+                raise SimError(
+                    400,
+                    "invalid_request_error",
+                    "messages: final assistant content cannot end with trailing whitespace",
+                )
+            messages = messages[:-1]
+        canonical: dict[str, Any] = {
+            "model": model,
+            "system": _clean(_text_of(body.get("system"))),
+            "messages": [
+                {"role": m.get("role"), "content": _clean(_text_of(m.get("content")))}
+                for m in messages
+            ],
+        }
+        key = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+        attempt = self._count_attempt(key)
+        faulty = "fail_times" not in directives or attempt <= directives["fail_times"]
+
+        status = directives.get("status")
+        if faulty and status:
+            retry_after = 1 if status in (429, 529) else None
+            error_type = STATUS_TYPES.get(status, "api_error")
+            raise SimError(status, error_type, f"Simulated {error_type}", retry_after)
+
+        count = directives.get("tokens", DEFAULT_TOKENS)
+        tool_name = directives.get("tool")
+        deltas = derive_deltas(key, count)
+        tool = None
+        if isinstance(tool_name, str) and tool_name:
+            deltas = deltas[:5]
+            query = "".join(derive_deltas(key + b"tool", 4)).strip(".").lower()
+            tool_id = "toolu_" + hashlib.sha256(key).hexdigest()[:24]
+            tool = ToolBlock(tool_id, tool_name, {"query": query})
+        if prefill is not None:
+            rest = _rest_after(deltas, prefill)
+            deltas = rest if rest is not None else derive_deltas(key + prefill.encode(), count)
+        stop_reason = "tool_use" if tool else "end_turn"
+        if len(deltas) > max_tokens:
+            deltas, stop_reason, tool = deltas[:max_tokens], "max_tokens", None
+        prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages)
+        return Plan(
+            model=model,
+            message_id="msg_" + hashlib.sha256(key + b"%d" % attempt).hexdigest()[:24],
+            deltas=deltas,
+            stop_reason=stop_reason,
+            input_tokens=max(1, (prompt_chars + len(canonical["system"])) // 4),
+            ttft_s=directives.get("ttft_ms", self.ttft_ms) / 1000,
+            tps=float(directives.get("tps", self.tps)),
+            tool=tool,
+            error_after=directives.get("error_after") if faulty else None,
+            drop_after=directives.get("drop_after") if faulty else None,
+        )
+
+    def _count_attempt(self, key: bytes) -> int:
+        attempt = self._attempts.pop(key, 0) + 1
+        self._attempts[key] = attempt
+        if len(self._attempts) > 100_000:  # bounded: forget the oldest requests
+            self._attempts.popitem(last=False)
+        return attempt
+
+
+def _required(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
+    model, messages, max_tokens = body.get("model"), body.get("messages"), body.get("max_tokens")
+    if not isinstance(model, str) or not model:
+        raise SimError(400, "invalid_request_error", "model: Field required")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise SimError(400, "invalid_request_error", "max_tokens: Field required")
+    if not isinstance(messages, list) or not messages:
+        raise SimError(400, "invalid_request_error", "messages: Field required")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise SimError(400, "invalid_request_error", "messages: invalid message")
+    return model, messages, max_tokens
+
+
+def _directives(body: dict[str, Any]) -> dict[str, Any]:
+    texts = [_text_of(body.get("system"))]
+    texts += [_text_of(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
+    found: dict[str, Any] = {}
+    for text in texts:
+        for name, value in DIRECTIVE.findall(text):
+            if name in INT_DIRECTIVES and value.isdigit():
+                found[name] = int(value)
+            elif name == "tps":
+                try:
+                    found[name] = float(value)
+                except ValueError:
+                    continue
+            elif name == "tool":
+                found[name] = value
+    return found
+
+
+def _rest_after(deltas: list[str], prefill: str) -> list[str] | None:
+    """The deltas that follow `prefill`, if it is a prefix of their text."""
+    text = "".join(deltas)
+    if not text.startswith(prefill):
+        return None
+    consumed = 0
+    for i, delta in enumerate(deltas):
+        if consumed + len(delta) > len(prefill):
+            first = delta[len(prefill) - consumed :]
+            return [first, *deltas[i + 1 :]]
+        consumed += len(delta)
+    return []

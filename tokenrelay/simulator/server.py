@@ -1,0 +1,311 @@
+"""`tokenrelay simulate`: the simulator as a standalone Messages API server.
+
+Speaks Claude's HTTP API well enough for the official SDK: `POST /v1/messages` with
+`stream` true (the exact SSE wire format) or false, Claude's error JSON and status
+codes, a `request-id` on every response. `GET /_sim/stats` counts what happened, so
+tests can see, for instance, that a cancelled stream's connection really went away.
+
+Plain ASGI rather than a framework: it is also the fast fake upstream of benchmarks,
+so each delta costs one pre-formatted write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.types import Message, Receive, Scope, Send
+
+from tokenrelay.simulator.engine import Plan, SimError, Simulator
+
+# Versions of the API that refuse sampling parameters (ANTHROPIC-PROTOCOL.md §1).
+NO_SAMPLING_VERSIONS = frozenset({"2026-10-21"})
+
+
+class DroppedConnection(Exception):
+    """Raised mid-body on purpose: uvicorn then cuts the connection without finishing."""
+
+
+@dataclass(slots=True)
+class Stats:
+    requests: int = 0
+    active: int = 0
+    completed: int = 0
+    disconnected: int = 0
+    errors: int = 0
+
+
+def _frame(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (event.encode(), orjson.dumps(data))
+
+
+def _error_json(error_type: str, message: str, request_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        }
+    )
+
+
+class SimulatorApp:
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+        self.stats = Stats()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        path, method = scope["path"], scope["method"]
+        if path == "/v1/messages" and method == "POST":
+            await self._messages(scope, receive, send, request_id)
+        elif path == "/healthz" and method == "GET":
+            await _json(send, 200, b'{"status":"ok"}', request_id)
+        elif path == "/_sim/stats" and method == "GET":
+            await _json(send, 200, orjson.dumps(asdict(self.stats)), request_id)
+        else:
+            await _json(
+                send, 404, _error_json("not_found_error", "Not found", request_id), request_id
+            )
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self.stats.requests += 1
+        raw = await _read_body(receive)
+        headers = dict(scope["headers"])
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise SimError(400, "invalid_request_error", "Request body must be a JSON object")
+            version = headers.get(b"anthropic-version", b"").decode()
+            if version in NO_SAMPLING_VERSIONS:
+                for name in ("temperature", "top_p", "top_k"):
+                    if name in body:
+                        raise SimError(
+                            400, "invalid_request_error",
+                            f"{name}: not supported by anthropic-version {version}",
+                        )  # fmt: skip
+            plan = self.simulator.plan(body)
+        except orjson.JSONDecodeError:
+            self.stats.errors += 1
+            err = _error_json("invalid_request_error", "Request body is not valid JSON", request_id)
+            await _json(send, 400, err, request_id)
+            return
+        except SimError as exc:
+            self.stats.errors += 1
+            extra = [(b"retry-after", b"%d" % exc.retry_after)] if exc.retry_after else []
+            err = _error_json(exc.error_type, exc.message, request_id)
+            await _json(send, exc.status, err, request_id, extra)
+            return
+        if body.get("stream"):
+            await self._stream(plan, receive, send, request_id)
+        else:
+            await self._complete(plan, send, request_id)
+
+    async def _complete(self, plan: Plan, send: Send, request_id: str) -> None:
+        if plan.ttft_s:
+            await asyncio.sleep(plan.ttft_s)
+        content: list[dict[str, Any]] = [{"type": "text", "text": plan.text}]
+        if plan.tool:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": plan.tool.id,
+                    "name": plan.tool.name,
+                    "input": plan.tool.input,
+                }
+            )
+        message = {
+            "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
+            "content": content, "stop_reason": plan.stop_reason, "stop_sequence": None,
+            "usage": {"input_tokens": plan.input_tokens, "output_tokens": len(plan.deltas)},
+        }  # fmt: skip
+        self.stats.completed += 1
+        await _json(send, 200, orjson.dumps(message), request_id)
+
+    async def _stream(self, plan: Plan, receive: Receive, send: Send, request_id: str) -> None:
+        self.stats.active += 1
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        finished = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"request-id", request_id.encode()),
+            ]})  # fmt: skip
+            for chunk in _stream_frames(plan):
+                if isinstance(chunk, float):
+                    await _sleep_until(chunk, gone)
+                    if gone.is_set():
+                        self.stats.disconnected += 1
+                        return
+                    continue
+                if chunk is DROP:
+                    raise DroppedConnection
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finished = True
+            self.stats.completed += 1
+        finally:
+            watcher.cancel()
+            self.stats.active -= 1
+            if not finished and not gone.is_set():
+                self.stats.errors += 1
+
+
+DROP = b"<drop>"
+
+
+def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
+    """Frames and due times (floats, monotonic) in order; DROP to cut the connection."""
+    start = time.monotonic()
+    message: dict[str, Any] = {
+        "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": plan.input_tokens, "output_tokens": 1},
+    }  # fmt: skip
+    yield _frame("message_start", {"type": "message_start", "message": message})
+    yield _frame(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    yield _frame("ping", {"type": "ping"})
+    sent = 0
+    for i, text in enumerate(plan.deltas):
+        if plan.error_after is not None and sent == plan.error_after:
+            yield _overloaded()
+            return
+        if plan.drop_after is not None and sent == plan.drop_after:
+            yield DROP
+            return
+        due = start + plan.delay_before(i)
+        if due > time.monotonic():
+            yield due
+        yield b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
+              b'"delta":{"type":"text_delta","text":%b}}\n\n' % orjson.dumps(text)  # fmt: skip
+        sent += 1
+    if plan.error_after is not None and sent == plan.error_after:
+        yield _overloaded()
+        return
+    if plan.drop_after is not None and sent == plan.drop_after:
+        yield DROP
+        return
+    yield _frame("content_block_stop", {"type": "content_block_stop", "index": 0})
+    if plan.tool is not None:
+        block = {"type": "tool_use", "id": plan.tool.id, "name": plan.tool.name, "input": {}}
+        yield _frame(
+            "content_block_start",
+            {"type": "content_block_start", "index": 1, "content_block": block},
+        )
+        for fragment in plan.tool.json_fragments():
+            yield _frame("content_block_delta", {
+                "type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": fragment},
+            })  # fmt: skip
+        yield _frame("content_block_stop", {"type": "content_block_stop", "index": 1})
+    yield _frame("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": sent},
+    })  # fmt: skip
+    yield _frame("message_stop", {"type": "message_stop"})
+
+
+def _overloaded() -> bytes:
+    return _frame("error", {
+        "type": "error", "error": {"details": None, "type": "overloaded_error",
+                                   "message": "Overloaded"},
+        "request_id": "req_" + secrets.token_hex(12),
+    })  # fmt: skip
+
+
+async def _sleep_until(due: float, gone: asyncio.Event) -> None:
+    delay = due - time.monotonic()
+    if delay <= 0:
+        return
+    try:
+        async with asyncio.timeout(delay):
+            await gone.wait()
+    except TimeoutError:
+        pass
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _json(
+    send: Send, status: int, body: bytes, request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"request-id", request_id.encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app(ttft_ms: int = 300, tps: float = 60.0) -> SimulatorApp:
+    return SimulatorApp(Simulator(ttft_ms=ttft_ms, tps=tps))
+
+
+class _QuietDrops(logging.Filter):
+    """The deliberate cuts of `drop_after` are not errors worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
+
+
+def run(host: str, port: int, *, ttft_ms: int, tps: float) -> None:
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    uvicorn.run(
+        create_app(ttft_ms, tps),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+        timeout_graceful_shutdown=1,
+    )
