@@ -52,12 +52,14 @@ async def read_stream(
 ) -> Read:
     """Read a stream until its final event, or hang up after `stop_after` events."""
     events: list[Event] = []
-    async with aconnect_sse(client, method, url, headers=headers, **kwargs) as source:
+    async with aconnect_sse(client, method, url, headers=dict(headers or {}), **kwargs) as source:
         response = source.response
         if response.status_code != 200:
             await response.aread()
             raise httpx.HTTPStatusError(response.text, request=response.request, response=response)
         async for sse in source.aiter_sse():
+            if not sse.data:  # a heartbeat: per the SSE spec, no event is dispatched
+                continue
             stream_id, _, seq = sse.id.rpartition(":")
             event = Event(sse.id, stream_id, int(seq), json.loads(sse.data), sse.retry)
             events.append(event)

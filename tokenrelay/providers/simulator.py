@@ -17,7 +17,7 @@ from tokenrelay.providers.base import (
     ToolUse,
     Usage,
 )
-from tokenrelay.simulator.engine import SimError, Simulator
+from tokenrelay.simulator.engine import Plan, SimError, Simulator
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
@@ -48,22 +48,28 @@ class SimulatorProvider:
         start = time.monotonic()
         yield MessageStart(plan.model, Usage(input_tokens=plan.input_tokens))
         for i, text in enumerate(plan.deltas):
-            if i == plan.error_after:
-                raise UpstreamIncomplete("Overloaded", error_type="overloaded_error")
-            if i == plan.drop_after:
-                raise UpstreamIncomplete("upstream connection dropped")
+            _raise_fault(plan, i, None)
             delay = start + plan.delay_before(i) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             yield text
         sent = len(plan.deltas)
-        if plan.error_after == sent:
-            raise UpstreamIncomplete("Overloaded", error_type="overloaded_error")
-        if plan.drop_after == sent:
-            raise UpstreamIncomplete("upstream connection dropped")
-        if plan.tool is not None:
+        if plan.tool is None:
+            _raise_fault(plan, sent, None)
+        else:
+            # Faults count the tool input's fragments too, as the server streams them.
+            for i in range(len(plan.tool.json_fragments())):
+                _raise_fault(plan, sent + i, "tool_use")
+            sent += len(plan.tool.json_fragments())
             yield ToolUse(plan.tool.id, plan.tool.name, plan.tool.input)
         yield MessageEnd(plan.stop_reason, sent)
 
     async def aclose(self) -> None:
         return None
+
+
+def _raise_fault(plan: Plan, sent: int, block: str | None) -> None:
+    if plan.error_after == sent:
+        raise UpstreamIncomplete("Overloaded", error_type="overloaded_error", cut_block=block)
+    if plan.drop_after == sent:
+        raise UpstreamIncomplete("upstream connection dropped", cut_block=block)

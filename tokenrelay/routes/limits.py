@@ -45,6 +45,8 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send) -> None:
         err = RequestTooLarge(self._message())
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        # No `connection: close`: closing with the body unread makes the kernel reset the
+        # connection, and the client would never see the 413. uvicorn discards the rest.
+        headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": err.body()})

@@ -62,13 +62,15 @@ async def tokens_frames(
 ) -> AsyncIterator[bytes]:
     """SSE bytes for every entry after `after`; b"" on an idle interval (a ping)."""
     prefix = event_id_prefix(stream_id)
-    first = True
+    retry: bytes | None = retry_field(retry_ms)
     async for entries in manager.follow(stream_id, after):
+        if not entries:
+            yield b""
+            continue
         chunk = render_entries(prefix, entries)
-        if first:
-            # The first frame carries the reconnection delay for EventSource.
-            chunk = retry_field(retry_ms) + (chunk or b"\n")
-            first = False
+        if retry is not None:
+            # The first event carries the reconnection delay for EventSource.
+            chunk, retry = retry + chunk, None
         yield chunk
 
 

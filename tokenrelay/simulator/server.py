@@ -175,7 +175,9 @@ DROP = b"<drop>"
 
 
 def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
-    """Frames and due times (floats, monotonic) in order; DROP to cut the connection."""
+    """Frames and due times (floats, monotonic) in order; DROP to cut the connection.
+    Faults count every delta, text and tool input alike, so a cut can land inside a
+    tool_use block."""
     start = time.monotonic()
     message: dict[str, Any] = {
         "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
@@ -190,11 +192,8 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
     yield _frame("ping", {"type": "ping"})
     sent = 0
     for i, text in enumerate(plan.deltas):
-        if plan.error_after is not None and sent == plan.error_after:
-            yield _overloaded()
-            return
-        if plan.drop_after is not None and sent == plan.drop_after:
-            yield DROP
+        if (fault := _fault_at(plan, sent)) is not None:
+            yield fault
             return
         due = start + plan.delay_before(i)
         if due > time.monotonic():
@@ -202,11 +201,8 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         yield b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
               b'"delta":{"type":"text_delta","text":%b}}\n\n' % orjson.dumps(text)  # fmt: skip
         sent += 1
-    if plan.error_after is not None and sent == plan.error_after:
-        yield _overloaded()
-        return
-    if plan.drop_after is not None and sent == plan.drop_after:
-        yield DROP
+    if plan.tool is None and (fault := _fault_at(plan, sent)) is not None:
+        yield fault
         return
     yield _frame("content_block_stop", {"type": "content_block_stop", "index": 0})
     if plan.tool is not None:
@@ -216,10 +212,14 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
             {"type": "content_block_start", "index": 1, "content_block": block},
         )
         for fragment in plan.tool.json_fragments():
+            if (fault := _fault_at(plan, sent)) is not None:
+                yield fault
+                return
             yield _frame("content_block_delta", {
                 "type": "content_block_delta", "index": 1,
                 "delta": {"type": "input_json_delta", "partial_json": fragment},
             })  # fmt: skip
+            sent += 1
         yield _frame("content_block_stop", {"type": "content_block_stop", "index": 1})
     yield _frame("message_delta", {
         "type": "message_delta",
@@ -227,6 +227,14 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         "usage": {"output_tokens": sent},
     })  # fmt: skip
     yield _frame("message_stop", {"type": "message_stop"})
+
+
+def _fault_at(plan: Plan, sent: int) -> bytes | None:
+    if plan.error_after == sent:
+        return _overloaded()
+    if plan.drop_after == sent:
+        return DROP
+    return None
 
 
 def _overloaded() -> bytes:

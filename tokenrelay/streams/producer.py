@@ -188,6 +188,8 @@ class Producer:
         parts = self._answer.parts
         usage = Usage()
         self._attempt_deltas = 0
+        ended = False
+        stop_reason: str | None = None
         try:
             async for delta in self._provider.stream(request):
                 if type(delta) is str:
@@ -209,17 +211,17 @@ class Producer:
                     await append(sid, "tool_use", {"tool_use": tool})
                 elif isinstance(delta, MessageEnd):
                     usage.output_tokens = delta.output_tokens
-                    self.usage.add(usage)
-                    await self._finish_done(delta.stop_reason)
-                    return True
-        except UpstreamError:
-            # No message_delta arrived: the count of deltas is the best estimate.
-            usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
+                    stop_reason, ended = delta.stop_reason, True
+                    break
+        finally:
+            # Without message_delta (a failure, a cancel) the deltas seen are the best
+            # estimate of what the attempt cost.
+            if not ended:
+                usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
             self.usage.add(usage)
-            raise
-        usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
-        self.usage.add(usage)
-        return False
+        if ended:
+            await self._finish_done(stop_reason)
+        return ended
 
     async def _recover(self, exc: UpstreamError, *, continuing: bool) -> bool:
         """Decide what a failed attempt leads to; False when the stream has ended."""
