@@ -1,5 +1,7 @@
 """The `anthropic` provider: one streaming attempt through the official SDK.
 
+The SDK builds and sends the request (auth, headers, error mapping); the response's
+bytes are decoded here (`sse_decode`), which costs a fraction of the SDK's typed events.
 The SDK's own retries are off (`max_retries=0`): the producer retries, so retries
 never stack. This is the only module that imports SDK exceptions; they are mapped
 to `UpstreamError` in `map_sdk_errors()`.
@@ -25,6 +27,7 @@ from tokenrelay.providers.base import (
     ToolUse,
     Usage,
 )
+from tokenrelay.providers.sse_decode import sse_events
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # The SDK's API version rejects temperature; this one keeps it (ANTHROPIC-PROTOCOL.md §1).
@@ -68,7 +71,7 @@ def map_sdk_errors() -> Iterator[None]:
 
 
 class _BlockState:
-    """Turns the SDK's raw events into deltas, remembering which block is open."""
+    """Turns Claude's stream events into deltas, remembering which block is open."""
 
     __slots__ = ("open_block", "output_tokens", "stop_reason", "tool", "tool_json")
 
@@ -79,29 +82,30 @@ class _BlockState:
         self.stop_reason: str | None = None
         self.output_tokens = 0
 
-    def feed(self, event: Any) -> Delta | None:
-        kind = event.type
+    def feed(self, event: dict[str, Any]) -> Delta | None:
+        kind = event["type"]
         if kind == "content_block_delta":
-            delta = event.delta
-            if delta.type == "text_delta":
-                return cast(str, delta.text)
-            if delta.type == "input_json_delta":
-                self.tool_json.append(delta.partial_json)
+            delta = event["delta"]
+            if delta["type"] == "text_delta":
+                return cast(str, delta["text"])
+            if delta["type"] == "input_json_delta":
+                self.tool_json.append(delta["partial_json"])
         elif kind == "message_start":
-            usage = event.message.usage
+            message = event["message"]
+            usage = message.get("usage") or {}
             return MessageStart(
-                event.message.model,
+                message.get("model", ""),
                 Usage(
-                    input_tokens=usage.input_tokens or 0,
-                    cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
-                    cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+                    input_tokens=usage.get("input_tokens") or 0,
+                    cache_creation_input_tokens=usage.get("cache_creation_input_tokens") or 0,
+                    cache_read_input_tokens=usage.get("cache_read_input_tokens") or 0,
                 ),
             )
         elif kind == "content_block_start":
-            block = event.content_block
-            self.open_block = block.type
-            if block.type == "tool_use":
-                self.tool, self.tool_json = (block.id, block.name), []
+            block = event["content_block"]
+            self.open_block = block["type"]
+            if block["type"] == "tool_use":
+                self.tool, self.tool_json = (block["id"], block["name"]), []
         elif kind == "content_block_stop":
             self.open_block = None
             if self.tool is not None:
@@ -109,10 +113,15 @@ class _BlockState:
                 self.tool = None
                 return ToolUse(tool_id, name, orjson.loads("".join(self.tool_json) or "{}"))
         elif kind == "message_delta":
-            self.stop_reason = event.delta.stop_reason
-            self.output_tokens = event.usage.output_tokens
+            self.stop_reason = event["delta"].get("stop_reason")
+            self.output_tokens = (event.get("usage") or {}).get("output_tokens", 0)
         elif kind == "message_stop":
             return MessageEnd(self.stop_reason, self.output_tokens)
+        elif kind == "error":
+            error = event.get("error") or {}
+            raise UpstreamIncomplete(
+                error.get("message", "upstream error"), error_type=error.get("type", "api_error")
+            )
         return None
 
 
@@ -173,12 +182,13 @@ class AnthropicProvider:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         state = _BlockState()
+        loads = orjson.loads
         try:
             with map_sdk_errors():
-                events = await self._client.messages.create(**self._params(request))
-                async with events:
-                    async for event in events:
-                        delta = state.feed(event)
+                create = self._client.messages.with_streaming_response.create
+                async with create(**self._params(request)) as response:
+                    async for _, data in sse_events(response.iter_bytes()):
+                        delta = state.feed(loads(data))
                         if delta is not None:
                             yield delta
                             if type(delta) is MessageEnd:

@@ -3,6 +3,9 @@
 Both stores keep the entries a process has seen in a `Tail`: the memory store as its
 only copy, the Redis store as a cache in front of Redis, so that readers in this
 process never ask Redis for what the process already has.
+
+Per entry this costs a list append and, only when somebody waits, one future set per
+waiting reader: no Event objects, no tasks, no timeout context per token.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ import asyncio
 from tokenrelay.streams.log import Entry
 
 
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Tail:
-    __slots__ = ("changed", "entries", "finished", "last_read")
+    __slots__ = ("_waiters", "entries", "finished", "last_read")
 
     def __init__(self, entries: list[Entry] | None = None) -> None:
         self.entries: list[Entry] = entries or []
         self.finished = bool(self.entries) and self.entries[-1].terminal
         self.last_read = 0.0
-        # Readers wait on this event; a push sets it and puts a fresh one in place, so
-        # one `set()` wakes every reader of the stream at once.
-        self.changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[bool]] = []
 
     def push(self, entry: Entry) -> None:
         if entry.seq != len(self.entries):
@@ -29,16 +35,25 @@ class Tail:
         self.entries.append(entry)
         if entry.terminal:
             self.finished = True
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
 
     async def read(self, after: int, wait: float) -> list[Entry]:
         """Entries with `seq > after`; waits up to `wait` for one while the stream is open."""
         if len(self.entries) > after + 1 or self.finished:
             return self.entries[after + 1 :]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(wait, _expire, waiter)
         try:
-            async with asyncio.timeout(wait):
-                await self.changed.wait()
-        except TimeoutError:
+            woken = await waiter
+        finally:
+            timer.cancel()
+        if not woken:
+            self._waiters.remove(waiter)
             return []
         return self.entries[after + 1 :]
