@@ -12,8 +12,8 @@ from tokenrelay.client import TokenRelay, TokenRelayError
 
 
 async def run_chat(url: str, prompt: str, params: dict[str, Any]) -> bool:
-    out = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
