@@ -21,7 +21,7 @@ async def test_chat_prints_the_answer_as_it_streams(stack: Stack) -> None:
     prompt = unique("Say something [[sim:tokens=18]]")
     done = chat(stack, prompt)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == await direct_text(stack, prompt)
+    assert done.stdout == await direct_text(stack.simulator, prompt)
     assert "end_turn" in done.stderr and "18 tokens" in done.stderr
 
 

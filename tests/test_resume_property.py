@@ -32,7 +32,7 @@ def test_cut_anywhere_and_resume_reassembles_the_whole_text(
 
 
 async def _cut_and_resume(stack: Stack, cuts: list[int], pause: float) -> None:
-    expected = await direct_text(stack, PROMPT)
+    expected = await direct_text(stack.simulator, PROMPT)
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         read = await start(client, {"prompt": PROMPT}, stop_after=cuts[0] if cuts else None)
         events = read.events

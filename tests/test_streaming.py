@@ -17,9 +17,9 @@ def unique(prompt: str) -> str:
     return f"{prompt} ({uuid.uuid4().hex[:8]})"
 
 
-async def direct_text(stack: Stack, prompt: str, model: str = "claude-haiku-4-5") -> str:
+async def direct_text(simulator: str, prompt: str, model: str = "claude-haiku-4-5") -> str:
     """The simulator's answer, read straight from it with the official SDK."""
-    sdk = anthropic.AsyncAnthropic(base_url=stack.simulator, api_key="k", max_retries=0)
+    sdk = anthropic.AsyncAnthropic(base_url=simulator, api_key="k", max_retries=0)
     async with sdk.messages.stream(
         model=model, max_tokens=1024, messages=[{"role": "user", "content": prompt}]
     ) as stream:
@@ -32,7 +32,7 @@ async def test_stream_delivers_exactly_the_simulators_text(stack: Stack, client:
     prompt = unique("Tell me about rivers [[sim:tokens=30]]")
     read = await start(client, {"prompt": prompt})
     events = read.events
-    assert read.text == await direct_text(stack, prompt)
+    assert read.text == await direct_text(stack.simulator, prompt)
     assert [e.seq for e in events] == list(range(len(events)))
     assert events[0].data == {
         "stream_id": events[0].stream_id,

@@ -17,7 +17,7 @@ async def test_429_twice_then_success_is_retried_into_one_seamless_answer(
     async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
         read = await start(client, {"prompt": f"{words} [[sim:status=429]] [[sim:fail_times=2]]"})
     assert read.events[-1].data["done"] is True
-    assert read.text == await direct_text(own_stack, words)
+    assert read.text == await direct_text(own_stack.simulator, words)
     assert own_stack.sim_stats()["requests"] == 3 + 1  # two refusals, the answer, direct_text
     assert own_stack.log_text().count("upstream attempt failed, retrying") == 2
 
@@ -41,7 +41,7 @@ async def test_mid_stream_failure_is_continued_by_prefill_into_one_seamless_text
     words = unique("Breaks midway [[sim:tokens=20]]")
     async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
         read = await start(client, {"prompt": f"{words} [[sim:{fault}]] [[sim:fail_times=1]]"})
-    assert read.text == await direct_text(own_stack, words)
+    assert read.text == await direct_text(own_stack.simulator, words)
     assert sum(e.token is not None for e in read.events) == 20
     assert [e.seq for e in read.events] == list(range(len(read.events)))
     final = read.events[-1].data
@@ -63,7 +63,7 @@ async def test_failure_that_persists_ends_after_the_continuation_limit(
     assert not any("done" in e.data for e in read.events)
     # Each attempt adds 3 deltas: the first and three continuations.
     assert sum(e.token is not None for e in read.events) == 12
-    assert (await direct_text(stack, words)).startswith(read.text)
+    assert (await direct_text(stack.simulator, words)).startswith(read.text)
     assert final["usage"]["output_tokens"] == 12
 
 
@@ -80,7 +80,7 @@ async def test_model_that_rejects_prefill_restarts_with_reset(
     assert kinds == ["other"] + ["token"] * 5 + ["reset"] + ["token"] * 15 + ["other"]
     assert read.events[6].data == {"reset": True, "reason": "upstream_error"}
     after_reset = text_of(read.events[7:])
-    assert after_reset == await direct_text(stack, words, model="claude-sonnet-4-6")
+    assert after_reset == await direct_text(stack.simulator, words, model="claude-sonnet-4-6")
     assert read.events[-1].data["usage"]["output_tokens"] == 20
 
 
@@ -111,7 +111,7 @@ async def test_error_before_first_token_is_retried(stack: Stack, client: httpx.A
     words = unique("Fails at once [[sim:tokens=10]]")
     read = await start(client, {"prompt": f"{words} [[sim:error_after=0]] [[sim:fail_times=1]]"})
     assert read.events[-1].data["done"] is True
-    assert read.text == await direct_text(stack, words)
+    assert read.text == await direct_text(stack.simulator, words)
 
 
 async def test_upstream_400_is_not_retried(stack: Stack, client: httpx.AsyncClient) -> None:

@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
                     base_delay=settings.retry_base_delay,
                     max_delay=settings.retry_max_delay,
                     retry_after_ceiling=settings.retry_after_ceiling,
+                    continuations=settings.continuation_attempts,
                 ),
                 timings=StreamTimings(
                     heartbeat_interval=settings.heartbeat_interval,
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
             )
             stack.push_async_callback(manager.aclose)
+            await manager.open()
             app.state.manager = manager
             yield
 

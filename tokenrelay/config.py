@@ -41,14 +41,19 @@ class Settings(BaseSettings):
     simulator_tps: float = 60.0
     prices_file: Path | None = None
 
-    # Where stream logs live: "memory" (one process).
+    # Where stream logs live: "memory" (one process) or a redis:// URL (shared).
     store: str = "memory"
+    redis_max_connections: int = 16
 
     # Streams
     heartbeat_interval: float = 15.0
     client_retry_ms: int = 3000
     abandon_after: float = 60.0
     stream_ttl: float = 600.0
+    # On SIGTERM: how long in-flight streams may take to finish (memory store).
+    drain_timeout: float = 25.0
+    # Mid-answer failures continued (by prefill, or restarted with `reset`) per stream.
+    continuation_attempts: int = 3
 
     # Input limits
     max_body_bytes: int = 1024 * 1024

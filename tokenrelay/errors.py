@@ -8,6 +8,7 @@
     ├── StreamNotFound             404   not_found_error         no
     ├── RateLimited                429   rate_limit_error        yes
     ├── Overloaded                 503   overloaded_error        yes
+    │   └── StoreUnavailable       the shared stream store cannot be reached
     └── UpstreamError              (mapped from Claude's status and error.type)
         └── UpstreamIncomplete     the upstream stream ended before message_stop
 
@@ -76,6 +77,10 @@ class Overloaded(GatewayError):
     status = 503
     error_type = "overloaded_error"
     retryable = True
+
+
+class StoreUnavailable(Overloaded):
+    """The shared stream store cannot be reached: new streams get 503, readiness fails."""
 
 
 class UpstreamError(GatewayError):

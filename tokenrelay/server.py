@@ -18,14 +18,15 @@ from tokenrelay.config import Settings
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout: float) -> None:
         super().__init__(config)
         self.app = app
+        self.drain_timeout = drain_timeout
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         manager = getattr(self.app.state, "manager", None)
         if manager is not None:
-            await manager.aclose()
+            await manager.drain(self.drain_timeout)
         await super().shutdown(sockets)
         # uvicorn re-raises a captured SIGTERM after shutdown, which would make a clean,
         # complete shutdown exit with -15; the drain above is the answer to that signal.
@@ -51,4 +52,4 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
-    GatewayServer(config, app).run()
+    GatewayServer(config, app, settings.drain_timeout).run()

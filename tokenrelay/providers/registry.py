@@ -23,4 +23,12 @@ def build_store(settings: Settings) -> StreamLog:
         from tokenrelay.streams.memory import MemoryLog
 
         return MemoryLog(stream_ttl=settings.stream_ttl)
-    raise ValueError(f"Unknown store {settings.store!r}: use 'memory'")
+    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+        from tokenrelay.streams.redis import RedisLog
+
+        return RedisLog(
+            settings.store,
+            stream_ttl=settings.stream_ttl,
+            max_connections=settings.redis_max_connections,
+        )
+    raise ValueError(f"Unknown store {settings.store!r}: use 'memory' or a redis:// URL")

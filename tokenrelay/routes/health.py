@@ -22,4 +22,10 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "draining"}, status_code=503)
     if not await manager.log.ping():
         return JSONResponse({"status": "store unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready", "active_streams": manager.active_streams})
+    return JSONResponse(
+        {
+            "status": "ready",
+            "instance": manager.instance_id,
+            "active_streams": manager.active_streams,
+        }
+    )

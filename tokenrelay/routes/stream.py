@@ -76,7 +76,11 @@ async def tokens_frames(
 
 async def _respond(request: Request, stream_id: str, after: int, request_id: str) -> SSEResponse:
     manager: StreamManager = request.app.state.manager
-    headers = {"x-request-id": request_id, "x-stream-id": stream_id}
+    headers = {
+        "x-request-id": request_id,
+        "x-stream-id": stream_id,
+        "x-tokenrelay-instance": manager.instance_id,
+    }
     frames = tokens_frames(manager, stream_id, after, request.app.state.settings.client_retry_ms)
     return SSEResponse(frames, headers)
 

@@ -18,6 +18,7 @@ Failures are handled here, so every provider gets the same behaviour:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from tokenrelay.errors import UpstreamError, UpstreamIncomplete
+from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import (
     GenerationRequest,
@@ -158,10 +159,15 @@ class Producer:
             # cancellation go on.
             reason = self.stop_reason
             if reason.final:
-                await self._finish_error(reason.message, reason.code, reason.retryable)
+                with contextlib.suppress(StoreUnavailable):
+                    await self._finish_error(reason.message, reason.code, reason.retryable)
             raise
         except StreamTakenOver:
             log.info("stream taken over elsewhere: stream=%s", self.stream_id)
+        except StoreUnavailable as exc:
+            # Nothing more can be logged; the lease lapses and the stream is taken over
+            # (by this process or another) once the store is back.
+            log.warning("stream store lost mid-stream: stream=%s %s", self.stream_id, exc)
         except Exception:
             log.exception("producer failed: stream=%s", self.stream_id)
             await self._finish_error("Internal gateway error", "internal", True)

@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from tokenrelay.errors import Overloaded
+from tokenrelay.errors import StoreUnavailable
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
 from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta, StreamTakenOver
@@ -36,10 +36,6 @@ Rows = list[tuple[bytes, dict[bytes, bytes]]]
 FOLLOW_BLOCK_MS = 200
 # A cached tail nobody has read for this long is dropped (Redis keeps the log).
 TAIL_IDLE_S = 60.0
-
-
-class StoreUnavailable(Overloaded):
-    """Redis cannot be reached: new streams get 503, readiness fails."""
 
 
 @contextlib.contextmanager
@@ -156,7 +152,12 @@ class RedisLog:
         """Take over writing a stream another process started; returns its entries."""
         entries = await self._load(stream_id)
         self._next_seq[stream_id] = len(entries)
-        self._tails[stream_id] = Tail(entries)
+        tail = self._tails.get(stream_id)
+        if tail is None:
+            self._tails[stream_id] = Tail(entries)
+        else:  # readers here wait on this tail: bring it up to date, never replace it
+            for entry in entries:
+                tail.push(entry)
         return entries
 
     async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
