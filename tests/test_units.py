@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tokenrelay.dialects.tokens import (
@@ -14,8 +12,7 @@ from tokenrelay.dialects.tokens import (
 )
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
-from tokenrelay.streams.log import Entry, StreamMeta
-from tokenrelay.streams.memory import MemoryLog
+from tokenrelay.streams.log import Entry
 from tokenrelay.streams.producer import RetryPolicy
 
 
@@ -66,38 +63,3 @@ def test_cost_uses_the_model_prices() -> None:
     assert table.accepts_prefill("claude-haiku-4-5") is True
     assert table.accepts_prefill("claude-sonnet-4-6") is False
     assert table.accepts_prefill("claude-unknown") is False
-
-
-def meta(stream_id: str) -> StreamMeta:
-    return StreamMeta(stream_id, "alice", "req_1", "claude-haiku-4-5", "fp", 0.0)
-
-
-async def test_memory_log_reads_after_an_offset_and_wakes_waiting_readers() -> None:
-    log = MemoryLog(stream_ttl=60)
-    await log.create(meta("s"))
-    assert await log.append("s", "start", {"stream_id": "s"}) == 0
-    assert [e.seq for e in await log.read("s", -1, 0) or []] == [0]
-    assert await log.read("s", 0, 0.01) == []  # nothing new: times out empty
-    waiter = asyncio.create_task(log.read("s", 0, 5))
-    await asyncio.sleep(0)
-    await log.append("s", "text", {"token": "a"})
-    entries = await waiter
-    assert entries is not None and [(e.seq, e.payload) for e in entries] == [(1, b'{"token":"a"}')]
-    await log.append("s", "done", {"done": True})
-    with pytest.raises(RuntimeError):
-        await log.append("s", "text", {"token": "late"})
-    assert await log.read("missing", -1, 0) is None
-    await log.aclose()
-
-
-async def test_memory_log_drops_a_finished_stream_and_its_key_after_ttl() -> None:
-    log = MemoryLog(stream_ttl=0.05)
-    m = meta("s")
-    m.idempotency_key = "k"
-    assert await log.claim_idempotency_key("alice", "k", "s", "fp") == ("s", "fp")
-    assert await log.claim_idempotency_key("alice", "k", "other", "fp2") == ("s", "fp")
-    await log.create(m)
-    await log.append("s", "error", {"error": "x"})
-    await asyncio.sleep(0.1)
-    assert await log.meta("s") is None
-    assert await log.claim_idempotency_key("alice", "k", "new", "fp3") == ("new", "fp3")

@@ -21,12 +21,14 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 class Tail:
-    __slots__ = ("_waiters", "entries", "finished", "last_read")
+    __slots__ = ("_waiters", "entries", "expires_at", "finished", "last_read")
 
     def __init__(self, entries: list[Entry] | None = None) -> None:
         self.entries: list[Entry] = entries or []
         self.finished = bool(self.entries) and self.entries[-1].terminal
         self.last_read = 0.0
+        # When a cached copy of a finished stream must be forgotten (its log expired).
+        self.expires_at = float("inf")
         self._waiters: list[asyncio.Future[bool]] = []
 
     def push(self, entry: Entry) -> None:

@@ -189,6 +189,8 @@ class RedisLog:
         tail = self._tails.get(stream_id)
         if tail is not None:
             tail.push(Entry(seq, kind, payload))
+            if tail.finished:
+                tail.expires_at = time.monotonic() + self._ttl
         return seq
 
     def release(self, stream_id: str) -> None:
@@ -209,10 +211,15 @@ class RedisLog:
 
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
         tail = self._tails.get(stream_id)
+        if tail is not None and time.monotonic() >= tail.expires_at:
+            del self._tails[stream_id]
+            tail = None
         if tail is None:
             entries = await self._load(stream_id)
             if not entries and await self.meta(stream_id) is None:
                 return None
+            if entries and entries[-1].terminal:
+                return entries[after + 1 :]  # finished: Redis has it until it expires
             tail = self._tails.setdefault(stream_id, Tail(entries))
             if not tail.finished:
                 self._ensure_follower()
@@ -254,6 +261,8 @@ class RedisLog:
                 if followed is not None:
                     for entry_id, fields in entries:
                         followed.push(_entry(entry_id, fields))
+                    if followed.finished:
+                        followed.expires_at = time.monotonic() + self._ttl
 
     # -- idempotency, leases, health ---------------------------------------------
 

@@ -1,0 +1,123 @@
+"""One contract, every store: the same tests on the memory log and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import Redis, redis_server
+from tokenrelay.errors import StoreUnavailable
+from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
+from tokenrelay.streams.memory import MemoryLog
+from tokenrelay.streams.redis import RedisLog
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def log(request: pytest.FixtureRequest, redis: Redis) -> AsyncIterator[StreamLog]:
+    store: StreamLog = (
+        MemoryLog(stream_ttl=1) if request.param == "memory" else RedisLog(redis.url, stream_ttl=1)
+    )
+    yield store
+    await store.aclose()
+
+
+def meta(key: str | None = None) -> StreamMeta:
+    return StreamMeta(uuid.uuid4().hex, "alice", "req_1", "claude-haiku-4-5", "fp", 0.0, key)
+
+
+async def test_read_returns_entries_after_an_offset_in_order(log: StreamLog) -> None:
+    m = meta()
+    await log.create(m)
+    for i in range(5):
+        assert await log.append(m.stream_id, "text", {"token": str(i)}) == i
+    entries = await log.read(m.stream_id, 1, 0) or []
+    assert [(e.seq, e.kind, e.payload) for e in entries] == [
+        (2, "text", b'{"token":"2"}'), (3, "text", b'{"token":"3"}'), (4, "text", b'{"token":"4"}'),
+    ]  # fmt: skip
+    assert await log.read(m.stream_id, 4, 0.05) == []
+    assert await log.read("no-such-stream", -1, 0) is None
+    assert (await log.meta(m.stream_id)) == m
+
+
+async def test_a_waiting_reader_is_woken_by_an_append(log: StreamLog) -> None:
+    m = meta()
+    await log.create(m)
+    await log.append(m.stream_id, "start", {"stream_id": m.stream_id})
+    waiting = asyncio.create_task(log.read(m.stream_id, 0, 5))
+    await asyncio.sleep(0.05)
+    await log.append(m.stream_id, "text", {"token": "a"})
+    entries = await waiting
+    assert entries is not None and [(e.seq, e.payload) for e in entries] == [(1, b'{"token":"a"}')]
+
+
+async def test_a_finished_log_expires_after_its_ttl(log: StreamLog) -> None:
+    m = meta()
+    await log.create(m)
+    await log.append(m.stream_id, "done", {"done": True})
+    entries = await log.read(m.stream_id, -1, 0) or []
+    assert [e.terminal for e in entries] == [True]
+    await asyncio.sleep(2.2)  # stream_ttl is 1 s; Redis expires keys at 1 s resolution
+    assert await log.meta(m.stream_id) is None
+    assert await log.read(m.stream_id, -1, 0) is None
+
+
+async def test_an_idempotency_key_binds_once_per_owner(log: StreamLog) -> None:
+    key = uuid.uuid4().hex
+    assert await log.claim_idempotency_key("alice", key, "s1", "fp1") == ("s1", "fp1")
+    assert await log.claim_idempotency_key("alice", key, "s2", "fp2") == ("s1", "fp1")
+    assert await log.claim_idempotency_key("bob", key, "s3", "fp3") == ("s3", "fp3")
+
+
+async def test_redis_refuses_a_second_writer_of_the_same_seq(redis: Redis) -> None:
+    first, second = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
+    m = meta()
+    await first.create(m)
+    await first.append(m.stream_id, "start", {})
+    assert [e.seq for e in await second.adopt(m.stream_id)] == [0]
+    await second.append(m.stream_id, "text", {"token": "new owner"})
+    with pytest.raises(StreamTakenOver):
+        await first.append(m.stream_id, "text", {"token": "old owner"})
+    entries = await second.read(m.stream_id, -1, 0) or []
+    assert [e.payload for e in entries] == [b"{}", b'{"token":"new owner"}']
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_reader_in_another_process_follows_live_appends(redis: Redis) -> None:
+    writer, reader = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
+    m = meta()
+    await writer.create(m)
+    await writer.append(m.stream_id, "start", {})
+    assert [e.seq for e in await reader.read(m.stream_id, -1, 0) or []] == [0]
+    waiting = asyncio.create_task(reader.read(m.stream_id, 0, 5))
+    await asyncio.sleep(0.05)
+    await writer.append(m.stream_id, "text", {"token": "live"})
+    entries = await waiting
+    assert entries is not None and [e.payload for e in entries] == [b'{"token":"live"}']
+    await writer.aclose()
+    await reader.aclose()
+
+
+async def test_unreachable_redis_is_a_clear_503_not_a_crash(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        store = RedisLog(server.url, 60)
+        assert await store.ping() is True
+        server.stop()
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailable) as info:
+            await store.create(meta())
+        assert info.value.status == 503 and info.value.error_type == "overloaded_error"
+        server.start()
+        assert await store.ping() is True
+        await store.create(meta())
+        await store.aclose()
