@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.services import Redis, nginx, redis_server
+from tests.streams import read_stream
 from tests.support import free_port, spawn
 from tests.test_streaming import direct_text, unique
 from tokenrelay.client import StreamEvent, TokenRelay
@@ -189,3 +190,25 @@ async def test_redis_connections_do_not_grow_with_clients(cluster: Cluster) -> N
     # Two gateways, each at most 16 pooled connections plus one for following, plus
     # redis-cli itself: bounded, whatever the number of clients.
     assert connections <= 2 * 17 + 1
+
+
+async def test_cancel_reaches_the_instance_producing_the_stream(cluster: Cluster) -> None:
+    a, b = cluster.gateways
+    prompt = unique("Cancel me from afar [[sim:tokens=300]] [[sim:tps=20]]")
+    async with httpx.AsyncClient(timeout=30) as client:
+        head = await read_stream(
+            client, "POST", f"{a.url}/api/stream-response", json={"prompt": prompt}, stop_after=3
+        )
+        stream_id = head.events[0].stream_id
+        response = await client.delete(f"{b.url}/api/streams/{stream_id}")
+        assert response.json() == {"stream_id": stream_id, "cancelled": True}
+        tail = await read_stream(
+            client, "GET", f"{b.url}/api/streams/{stream_id}",
+            headers={"Last-Event-ID": head.last_id},
+        )  # fmt: skip
+        stats = (await client.get(f"{cluster.simulator}/_sim/stats")).json()
+    final = tail.events[-1].data
+    assert final["code"] == "cancelled"
+    assert stats["disconnected"] == 1  # the upstream call really stopped
+    tokens = sum(e.token is not None for e in head.events + tail.events)
+    assert final["usage"]["output_tokens"] == tokens < 300

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 PREFIX = "tr"
 RUNNING = f"{PREFIX}:running"
+CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: stream ids to cancel, wherever they run
 
 # While a stream runs its keys live this long past the last write: a stream whose every
 # producer died and was never taken over disappears by itself.

@@ -7,6 +7,7 @@ one terminal entry (`done` or `error`); nothing is appended after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -104,6 +105,14 @@ class SharedStreamLog(StreamLog, Protocol):
 
     async def touch_reader(self, stream_id: str) -> None:
         """Note that a reader somewhere is following the stream."""
+        ...
+
+    async def publish_cancel(self, stream_id: str) -> bool:
+        """Ask whichever process produces the stream to cancel it; True if one is."""
+        ...
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(stream_id)` when any process asks for a cancel."""
         ...
 
     async def last_reader_seen(self, stream_id: str) -> float | None:

@@ -36,6 +36,9 @@ from tokenrelay.streams.producer import (
 
 log = logging.getLogger("tokenrelay.streams")
 
+# How often a reader tells a shared store it is still there (for abandonment).
+READER_TOUCH_S = 5.0
+
 
 def new_stream_id() -> str:
     """192 random bits: unguessable, and safe in a URL and an SSE `id:` line."""
@@ -80,6 +83,7 @@ class StreamManager:
     async def open(self) -> None:
         """Start the background work a shared store needs: lease renewal and takeover."""
         if self.shared is not None:
+            self.shared.on_cancel(self._cancel_requested)
             self._maintenance = asyncio.create_task(self._maintain(), name="stream-maintenance")
 
     # -- starting and following ---------------------------------------------------
@@ -158,6 +162,8 @@ class StreamManager:
             # The first read does not wait, so a response starts with what is there.
             wait = 0.0
             read = self.log.read
+            shared = self.shared
+            touched = 0.0
             while True:
                 entries = await read(stream_id, after, wait)
                 wait = self._timings.heartbeat_interval
@@ -169,16 +175,26 @@ class StreamManager:
                     if last.terminal:
                         return
                     after = last.seq
-                elif self.shared is not None:
-                    await self.shared.touch_reader(stream_id)
+                if shared is not None and time.monotonic() - touched > READER_TOUCH_S:
+                    # The producer may run in another process: tell it somebody reads.
+                    touched = time.monotonic()
+                    await shared.touch_reader(stream_id)
         finally:
             self._detach(stream_id)
 
     async def cancel(self, stream_id: str, owner: str) -> bool:
-        """Stop the stream's generation now; its log ends with a `cancelled` error.
-        False when the stream had already ended (or runs in another process)."""
+        """Stop the stream's generation now, wherever it runs; its log ends with a
+        `cancelled` error. False when the stream had already ended."""
         await self.lookup(stream_id, owner)
-        return self._stop(stream_id, CANCELLED)
+        if self._stop(stream_id, CANCELLED):
+            return True
+        if self.shared is not None:
+            return await self.shared.publish_cancel(stream_id)
+        return False
+
+    def _cancel_requested(self, stream_id: str) -> None:
+        """Another process asked to cancel a stream; stop it if it runs here."""
+        self._stop(stream_id, CANCELLED)
 
     def _stop(self, stream_id: str, reason: StopReason) -> bool:
         running = self._producers.get(stream_id)

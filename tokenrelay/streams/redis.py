@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import orjson
@@ -123,15 +123,17 @@ class RedisLog:
             url, max_connections=max_connections, timeout=5, socket_connect_timeout=2
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        # One more connection, for the XREAD BLOCK that follows remote streams.
+        # Two more: the XREAD BLOCK that follows remote streams, the cancel subscription.
         follow_pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=1, timeout=5, socket_connect_timeout=2
+            url, max_connections=2, timeout=5, socket_connect_timeout=2
         )
         self._follow_redis = aioredis.Redis(connection_pool=follow_pool)
         self._writes = _WriteBatcher(self._redis)
         self._tails: dict[str, Tail] = {}
         self._next_seq: dict[str, int] = {}  # the streams this process writes
         self._follower: asyncio.Task[None] | None = None
+        self._cancel_listener: asyncio.Task[None] | None = None
+        self._cancel_callback: Callable[[str], None] | None = None
 
     # -- writing ---------------------------------------------------------------
 
@@ -320,6 +322,32 @@ class RedisLog:
                 [("SET", keys.reader_key(stream_id), repr(time.time()), "EX", keys.RUNNING_TTL_S)]
             )
 
+    async def publish_cancel(self, stream_id: str) -> bool:
+        with store_errors():
+            running = await self._redis.sismember(keys.RUNNING, stream_id)
+            if not running:
+                return False
+            await self._redis.publish(keys.CANCEL_CHANNEL, stream_id)
+        return True
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        self._cancel_callback = callback
+        if self._cancel_listener is None:
+            self._cancel_listener = asyncio.create_task(self._listen_for_cancels())
+
+    async def _listen_for_cancels(self) -> None:
+        """One subscription per process, whatever the number of streams."""
+        while True:
+            try:
+                async with self._follow_redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message" and self._cancel_callback:
+                            self._cancel_callback(message["data"].decode())
+            except (RedisError, OSError) as exc:
+                log.warning("cancel subscription lost: %s", exc)
+                await asyncio.sleep(0.5)
+
     async def last_reader_seen(self, stream_id: str) -> float | None:
         with store_errors():
             value = cast(bytes | None, await self._redis.get(keys.reader_key(stream_id)))
@@ -332,10 +360,11 @@ class RedisLog:
             return False
 
     async def aclose(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        for task in (self._follower, self._cancel_listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._redis.aclose()
         await self._follow_redis.aclose()
         await self._redis.connection_pool.disconnect()
