@@ -48,6 +48,7 @@ class PhaseResult:
     cpu_seconds: float | None = None
     peak_rss_kib: int | None = None
     idle_rss_kib: int | None = None
+    redis_peak_connections: int | None = None
 
     @property
     def ttfts_ms(self) -> list[float]:
@@ -231,6 +232,7 @@ class Comparison:
             ),
             "gateway_idle_rss_mib": g.idle_rss_kib / 1024 if g.idle_rss_kib else None,
             "gateway_peak_rss_mib": g.peak_rss_kib / 1024 if g.peak_rss_kib else None,
+            "redis_peak_connections": g.redis_peak_connections,
             "gateway_kib_per_stream": (
                 (g.peak_rss_kib - g.idle_rss_kib) / cfg.concurrency
                 if g.peak_rss_kib and g.idle_rss_kib
@@ -240,8 +242,28 @@ class Comparison:
         return out
 
 
+async def peak_redis_clients(url: str, until: asyncio.Event) -> int:
+    """The most clients Redis had connected while the phase ran (this probe excluded)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    peak = 0
+    try:
+        while not until.is_set():
+            info = await client.info("clients")
+            peak = max(peak, int(info["connected_clients"]) - 1)
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    return peak
+
+
 async def compare(
-    gateway: str, upstream: str, config: BenchConfig, gateway_pid: int | None
+    gateway: str,
+    upstream: str,
+    config: BenchConfig,
+    gateway_pid: int | None,
+    redis_url: str | None = None,
 ) -> Comparison:
     prompt = prompt_for(config.tokens, config.tps, config.ttft_ms)
     direct = direct_target(upstream, prompt, config.tokens, config.model)
@@ -253,7 +275,14 @@ async def compare(
     idle_rss = probe.rss_kib() if probe else None
     if probe:
         probe.start()
+    phase_done = asyncio.Event()
+    redis_probe = (
+        asyncio.create_task(peak_redis_clients(redis_url, phase_done)) if redis_url else None
+    )
     gateway_result = await run_phase(through, config.concurrency, config.total, config.timeout)
+    phase_done.set()
+    if redis_probe is not None:
+        gateway_result.redis_peak_connections = await redis_probe
     if probe:
         gateway_result.cpu_seconds = probe.stop()
         gateway_result.peak_rss_kib = probe.peak_rss_kib

@@ -60,6 +60,7 @@ def run_bench(
     upstream: str | None,
     gateway_pid: int | None,
     json_out: bool,
+    store: str = "memory",
 ) -> bool:
     with contextlib.ExitStack() as stack:
         if upstream is None:
@@ -72,10 +73,12 @@ def run_bench(
             gateway = f"http://127.0.0.1:{port}"
             serve = ["serve", "--port", str(port), "--provider", "anthropic"]
             serve += ["--anthropic-base-url", upstream, "--log-level", "warning"]
+            serve += ["--store", store]
             env = {"ANTHROPIC_API_KEY": "bench"}
             proc = stack.enter_context(_launch(serve, f"{gateway}/readyz", env))
             gateway_pid = proc.pid
-        result = _run(compare(gateway, upstream, config, gateway_pid))
+        redis_url = store if store.startswith(("redis://", "rediss://")) else None
+        result = _run(compare(gateway, upstream, config, gateway_pid, redis_url))
     summary = result.summary()
     if json_out:
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
@@ -136,6 +139,8 @@ def print_comparison(result: Comparison) -> None:
         _fmt(s["gateway_cpu_s"], " s"),
         _fmt(s["gateway_cpu_us_per_token"], " µs/token"),
     )
+    if s["redis_peak_connections"] is not None:
+        table.add_row("Redis connections, peak", "", _fmt(s["redis_peak_connections"]), "")
     table.add_row(
         "gateway RSS idle → peak",
         "",

@@ -90,6 +90,9 @@ def bench(
     tps: float = typer.Option(50.0, help="Tokens per second per stream (0: unpaced)."),
     ttft_ms: int = typer.Option(0, help="Upstream delay before the first token."),
     model: str = typer.Option("claude-haiku-4-5", help="Model to ask for."),
+    store: str = typer.Option(
+        "memory", help="Store of the gateway it starts: memory or a redis:// URL."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compare the gateway with a direct connection to the upstream, in one run."""
@@ -100,7 +103,12 @@ def bench(
         concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms, model=model
     )
     ok = run_bench(
-        config, gateway=gateway, upstream=upstream, gateway_pid=gateway_pid, json_out=json_out
+        config,
+        gateway=gateway,
+        upstream=upstream,
+        gateway_pid=gateway_pid,
+        json_out=json_out,
+        store=store,
     )
     raise typer.Exit(0 if ok else 1)
 
