@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -18,8 +19,11 @@ async def run_chat(url: str, prompt: str, params: dict[str, Any]) -> bool:
     first: float | None = None
     tokens = 0
     try:
-        async with TokenRelay(url) as relay:
-            async for event in relay.stream(prompt, **params):
+        async with (
+            TokenRelay(url) as relay,
+            contextlib.aclosing(relay.stream(prompt, **params)) as events,
+        ):
+            async for event in events:
                 if event.token is not None:
                     if first is None:
                         first = time.perf_counter()

@@ -13,8 +13,9 @@ every event once, in order. A `reset` event means: discard the text so far.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +84,11 @@ class TokenRelay:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def stream(self, prompt: str | None = None, **params: Any) -> AsyncIterator[StreamEvent]:
-        """Every event of a new stream, resuming across drops until `done` or `error`."""
+    async def stream(
+        self, prompt: str | None = None, **params: Any
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Every event of a new stream, resuming across drops until `done` or `error`.
+        Leaving the loop early? Close it: `async with contextlib.aclosing(...)`."""
         body = {"prompt": prompt, **params} if prompt is not None else params
         last: StreamEvent | None = None
         failures = 0
@@ -97,11 +101,12 @@ class TokenRelay:
                     events = self._events(
                         "GET", f"/api/streams/{stream_id}", headers={"last-event-id": last.id}
                     )
-                async for event in events:
-                    last, failures = event, 0
-                    yield event
-                    if event.final:
-                        return
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        last, failures = event, 0
+                        yield event
+                        if event.final:
+                            return
                 raise httpx.RemoteProtocolError("stream closed before its final event")
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 failures += 1
@@ -114,7 +119,9 @@ class TokenRelay:
         _raise_for_error(response)
         return bool(response.json()["cancelled"])
 
-    async def _events(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def _events(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AsyncGenerator[StreamEvent, None]:
         async with aconnect_sse(self._http, method, url, **kwargs) as source:
             if source.response.status_code != 200:
                 await source.response.aread()
