@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, run_stack
 from tests.streams import start, text_of
 from tests.test_streaming import direct_text, unique
 
@@ -128,3 +131,23 @@ async def test_upstream_400_is_not_retried(stack: Stack, client: httpx.AsyncClie
     final = read.events[-1].data
     assert final["code"] == "invalid_request" and final["retryable"] is False
     assert "prefill" in final["error"]
+
+
+@pytest.fixture
+def impatient_stack(tmp_path: Path) -> Iterator[Stack]:
+    with run_stack(tmp_path, TOKENRELAY_STALL_TIMEOUT="1") as s:
+        yield s
+
+
+async def test_silent_upstream_is_treated_as_dropped_and_continued(
+    impatient_stack: Stack,
+) -> None:
+    words = unique("Falls silent [[sim:tokens=20]]")
+    prompt = f"{words} [[sim:stall_after=7]] [[sim:fail_times=1]]"
+    async with httpx.AsyncClient(base_url=impatient_stack.gateway, timeout=30) as client:
+        read = await start(client, {"prompt": prompt})
+    assert read.text == await direct_text(impatient_stack.simulator, words)
+    assert read.events[-1].data["done"] is True
+    # The stalled connection was given up on (the simulator saw it go), then continued.
+    assert impatient_stack.sim_stats()["disconnected"] == 1
+    assert "continuing by prefill" in impatient_stack.log_text()

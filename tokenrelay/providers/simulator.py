@@ -73,3 +73,6 @@ def _raise_fault(plan: Plan, sent: int, block: str | None) -> None:
         raise UpstreamIncomplete("Overloaded", error_type="overloaded_error", cut_block=block)
     if plan.drop_after == sent:
         raise UpstreamIncomplete("upstream connection dropped", cut_block=block)
+    if plan.stall_after == sent:
+        # In-process there is no socket to fall silent on: report the stall at once.
+        raise UpstreamIncomplete("upstream stalled", cut_block=block)

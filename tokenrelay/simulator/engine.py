@@ -22,7 +22,7 @@ from tokenrelay.pricing import ModelTable
 
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 INT_DIRECTIVES = frozenset(
-    {"tokens", "ttft_ms", "status", "error_after", "drop_after", "fail_times"}
+    {"tokens", "ttft_ms", "status", "error_after", "drop_after", "stall_after", "fail_times"}
 )
 DEFAULT_TOKENS = 50
 PREFILL_REJECTED = (
@@ -99,6 +99,7 @@ class Plan:
     tool: ToolBlock | None = None
     error_after: int | None = None  # send an overloaded_error event after N deltas
     drop_after: int | None = None  # cut the connection after N deltas
+    stall_after: int | None = None  # fall silent (no event, no ping) after N deltas
     extra: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -216,6 +217,7 @@ class Simulator:
             tool=tool,
             error_after=directives.get("error_after") if faulty else None,
             drop_after=directives.get("drop_after") if faulty else None,
+            stall_after=directives.get("stall_after") if faulty else None,
         )
 
     def _count_attempt(self, key: bytes) -> int:

@@ -160,6 +160,10 @@ class SimulatorApp:
                     continue
                 if chunk is DROP:
                     raise DroppedConnection
+                if chunk is STALL:  # silent until the client gives up on us
+                    await gone.wait()
+                    self.stats.disconnected += 1
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             finished = True
@@ -172,6 +176,7 @@ class SimulatorApp:
 
 
 DROP = b"<drop>"
+STALL = b"<stall>"
 
 
 def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
@@ -230,10 +235,13 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
 
 
 def _fault_at(plan: Plan, sent: int) -> bytes | None:
+    """The fault due before delta number `sent`, if any."""
     if plan.error_after == sent:
         return _overloaded()
     if plan.drop_after == sent:
         return DROP
+    if plan.stall_after == sent:
+        return STALL
     return None
 
 
