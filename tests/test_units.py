@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from tokenrelay.dialects.tokens import (
@@ -12,6 +15,7 @@ from tokenrelay.dialects.tokens import (
 )
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
+from tokenrelay.streams.fanout import Tail
 from tokenrelay.streams.log import Entry
 from tokenrelay.streams.producer import RetryPolicy
 
@@ -63,3 +67,17 @@ def test_cost_uses_the_model_prices() -> None:
     assert table.accepts_prefill("claude-haiku-4-5") is True
     assert table.accepts_prefill("claude-sonnet-4-6") is False
     assert table.accepts_prefill("claude-unknown") is False
+
+
+async def test_tail_read_survives_a_push_right_after_its_timeout() -> None:
+    """The wait times out and, before the reader runs again, an entry arrives: the
+    reader returns that entry instead of failing (a race seen under load)."""
+    tail = Tail()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.create_task(tail.read(-1, 0.01))
+    await asyncio.sleep(0)  # the reader now waits, its timer set
+    entry = Entry(0, "text", b'{"token":"a"}')
+    loop.call_later(0.011, tail.push, entry)
+    # Block the loop so both timers fall due in the same iteration, timeout first.
+    time.sleep(0.05)  # noqa: ASYNC251
+    assert await reader == [entry]

@@ -6,16 +6,26 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from tokenrelay import __version__
+from tokenrelay.auth.factory import build_authenticator
+from tokenrelay.auth.tickets import MemoryTickets, RedisTickets
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.registry import build_provider, build_store
-from tokenrelay.routes import errors, health, stream
+from tokenrelay.routes import errors, health, stream, web
 from tokenrelay.routes.limits import BodySizeLimit
+from tokenrelay.routes.security import SecurityHeaders
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.streams.redis import RedisLog
 from tokenrelay.validation import Limits, RequestValidator
+
+CORS_REQUEST_HEADERS = [
+    "authorization", "x-api-key", "content-type", "last-event-id", "idempotency-key",
+    "x-request-id", "anthropic-version", "anthropic-beta",
+]  # fmt: skip
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,10 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(manager.aclose)
             await manager.open()
             app.state.manager = manager
+            app.state.tickets = (
+                RedisTickets(store.client) if isinstance(store, RedisLog) else MemoryTickets()
+            )
             yield
 
     app = FastAPI(title="tokenrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.authenticator = build_authenticator(settings)
     app.state.validator = RequestValidator(
         Limits(
             max_prompt_chars=settings.max_prompt_chars,
@@ -60,9 +74,23 @@ def create_app(settings: Settings) -> FastAPI:
         ),
         models,
         settings.model,
+        screen=settings.prompt_screen,
     )
     errors.install(app)
     app.include_router(stream.router)
     app.include_router(health.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static, name="static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=["x-request-id", "x-stream-id"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeaders, hsts=settings.tls)
     return app

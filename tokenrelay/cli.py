@@ -21,9 +21,19 @@ def serve(
     anthropic_base_url: str = typer.Option(
         None, help="Upstream Messages API base URL [env TOKENRELAY_ANTHROPIC_BASE_URL]."
     ),
+    auth: str = typer.Option(None, help="none | api_key | jwt [env TOKENRELAY_AUTH; none]."),
+    insecure_no_auth: bool = typer.Option(
+        None, "--insecure-no-auth", help="Allow --auth none on a non-loopback address."
+    ),
+    ssl_certfile: str = typer.Option(None, help="TLS certificate (PEM) [TOKENRELAY_SSL_CERTFILE]."),
+    ssl_keyfile: str = typer.Option(None, help="TLS private key (PEM) [TOKENRELAY_SSL_KEYFILE]."),
+    cors_origin: list[str] = typer.Option(
+        None, help="An allowed browser origin; repeat for several [TOKENRELAY_CORS_ORIGINS]."
+    ),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
 ) -> None:
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
+    from tokenrelay.auth.factory import UnsafeConfiguration, check_exposure
     from tokenrelay.config import Settings
     from tokenrelay.server import serve as run_server
 
@@ -36,14 +46,27 @@ def serve(
             "store": store,
             "model": model,
             "anthropic_base_url": anthropic_base_url,
+            "auth": auth,
+            "insecure_no_auth": insecure_no_auth,
+            "ssl_certfile": ssl_certfile,
+            "ssl_keyfile": ssl_keyfile,
+            "cors_origins": cors_origin or None,
         }.items()
         if v is not None
     }
     settings = Settings(**overrides)
+    try:
+        warning = check_exposure(settings)
+    except UnsafeConfiguration as exc:
+        typer.echo(f"tokenrelay: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if warning:
+        typer.secho(warning, err=True, fg="red", bold=True)
+    scheme = "https" if settings.tls else "http"
     typer.echo(
-        f"tokenrelay on http://{settings.host}:{settings.port}  "
+        f"tokenrelay on {scheme}://{settings.host}:{settings.port}  "
         f"(provider: {settings.resolved_provider()}, store: {settings.store}, "
-        f"model: {settings.model})"
+        f"model: {settings.model}, auth: {settings.auth})"
     )
     run_server(settings, log_level=log_level)
 
@@ -111,6 +134,34 @@ def bench(
         store=store,
     )
     raise typer.Exit(0 if ok else 1)
+
+
+keys = typer.Typer(help="Manage API keys (stored only as hashes).", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("create")
+def keys_create(
+    user: str = typer.Option(..., help="The user the key authenticates as."),
+    file: str = typer.Option(
+        "tokenrelay-keys.txt",
+        envvar="TOKENRELAY_API_KEYS_FILE",
+        help="Keys file to append the key's hash to.",
+    ),
+) -> None:
+    """Create a key: the key is printed once; only its hash is stored."""
+    import os
+    from pathlib import Path
+
+    from tokenrelay.auth.api_keys import new_key
+
+    key, line = new_key(user)
+    path = Path(file)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as out:
+        out.write(line + "\n")
+    typer.echo(key)
+    typer.echo(f"(stored as a hash in {path}; this key is not shown again)", err=True)
 
 
 def main() -> None:

@@ -55,12 +55,39 @@ class Settings(BaseSettings):
     # Mid-answer failures continued (by prefill, or restarted with `reset`) per stream.
     continuation_attempts: int = 3
 
+    # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
+    auth: Literal["none", "api_key", "jwt"] = "none"
+    insecure_no_auth: bool = False
+    api_keys_file: Path | None = None
+    # Inline key lines ("<id> <sha256 hex> <user>", ";"-separated), e.g. from a secret.
+    api_keys: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_user_claim: str = "sub"
+    ticket_ttl: float = 60.0
+
+    # Browsers and transport
+    cors_origins: list[str] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # An opt-in heuristic screen: prompts matching any of these regexes get a 400.
+    prompt_screen: list[str] = Field(default_factory=list)
+
     # Input limits
     max_body_bytes: int = 1024 * 1024
     max_prompt_chars: int = 10_000
     max_messages: int = 200
     default_max_tokens: int = 1024
     max_tokens_ceiling: int = 64_000
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
     def resolved_provider(self) -> Literal["simulator", "anthropic"]:
         if self.provider != "auto":

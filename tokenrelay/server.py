@@ -51,5 +51,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         backlog=4096,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     )
     GatewayServer(config, app, settings.drain_timeout).run()

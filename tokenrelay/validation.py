@@ -6,6 +6,7 @@ request or an `InvalidRequest` whose message says what to fix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,10 +47,18 @@ class Limits:
 
 
 class RequestValidator:
-    def __init__(self, limits: Limits, models: ModelTable, default_model: str) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        models: ModelTable,
+        default_model: str,
+        screen: list[str] | None = None,
+    ) -> None:
         self.limits = limits
         self.models = models
         self.default_model = default_model
+        # A heuristic, not a defence: see docs/security.md.
+        self.screen = [re.compile(p, re.IGNORECASE) for p in screen or []]
 
     def from_json(self, raw: bytes) -> GenerationRequest:
         if not raw.strip():
@@ -89,6 +98,8 @@ class RequestValidator:
             messages = [{"role": "user", "content": body.prompt}]
         else:
             raise InvalidRequest("prompt is required (a non-empty string), or send messages")
+        if self.screen:
+            self._screen(messages, body.system)
         model = body.model or self.default_model
         if model not in self.models:
             raise InvalidRequest(f"Unknown model: {model[:100]}")
@@ -126,6 +137,18 @@ class RequestValidator:
                     if isinstance(text, str):
                         total += len(text)
         self._check_length(total)
+
+    def _screen(self, messages: list[dict[str, Any]], system: object) -> None:
+        texts = [system] if isinstance(system, str) else []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, str):
+                texts.append(content)
+            else:
+                texts += [b["text"] for b in content if isinstance(b.get("text"), str)]
+        for pattern in self.screen:
+            if any(pattern.search(text) for text in texts):
+                raise InvalidRequest("Prompt rejected by the content screen")
 
     def _check_length(self, chars: int) -> None:
         if chars > self.limits.max_prompt_chars:

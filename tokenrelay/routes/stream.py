@@ -6,9 +6,10 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import JSONResponse
 
+from tokenrelay.auth.base import Authenticator, Principal, credential_from
 from tokenrelay.dialects.tokens import (
     event_id_prefix,
     parse_last_event_id,
@@ -22,8 +23,14 @@ from tokenrelay.validation import RequestValidator, StreamRequestBody
 
 router = APIRouter()
 
-# The principal that owns a stream; authentication replaces this per request.
-ANONYMOUS = "anonymous"
+
+async def principal(request: Request) -> Principal:
+    """Who is asking, from `x-api-key` or `Authorization: Bearer` (else 401)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return await authenticator.authenticate(credential_from(request.headers))
+
+
+Caller = Annotated[Principal, Depends(principal)]
 
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     "200": {
@@ -85,14 +92,17 @@ async def _respond(request: Request, stream_id: str, after: int, request_id: str
     return SSEResponse(frames, headers)
 
 
-async def _resume(request: Request, stream_id: str, after: int, request_id: str) -> SSEResponse:
-    await request.app.state.manager.lookup(stream_id, ANONYMOUS)
+async def _resume(
+    request: Request, caller: Principal, stream_id: str, after: int, request_id: str
+) -> SSEResponse:
+    await request.app.state.manager.lookup(stream_id, caller.id)
     return await _respond(request, stream_id, after, request_id)
 
 
 @router.post("/api/stream-response", responses=_SSE_DOC, openapi_extra=_BODY_DOC)
 async def start_stream(
     request: Request,
+    caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
     x_request_id: Annotated[str | None, Header()] = None,
@@ -101,13 +111,13 @@ async def start_stream(
     request_id = request_id_of(x_request_id)
     resume = parse_after(last_event_id, None)
     if resume is not None:
-        return await _resume(request, *resume, request_id)
+        return await _resume(request, caller, *resume, request_id)
     raw = await request.body()
     validator: RequestValidator = request.app.state.validator
     generation = validator.from_json(raw)
     stream_id = await request.app.state.manager.start(
         generation,
-        owner=ANONYMOUS,
+        owner=caller.id,
         request_id=request_id,
         body_fingerprint=fingerprint(raw),
         idempotency_key=idempotency_key,
@@ -122,26 +132,43 @@ async def start_stream_eventsource(
     model: Annotated[str | None, Query()] = None,
     max_tokens: Annotated[str | None, Query()] = None,
     system: Annotated[str | None, Query()] = None,
+    ticket: Annotated[str | None, Query(max_length=100)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> SSEResponse:
-    """The same for `EventSource`; its automatic reconnect resumes via `Last-Event-ID`."""
+    """The same for `EventSource`; its automatic reconnect resumes via `Last-Event-ID`.
+    `EventSource` cannot send headers: authenticate with `?ticket=` (POST /api/tickets)."""
     request_id = request_id_of(x_request_id)
     resume = parse_after(last_event_id, None)
+    tickets = request.app.state.tickets
     if resume is not None:
-        return await _resume(request, *resume, request_id)
-    validator: RequestValidator = request.app.state.validator
-    generation = validator.from_query(dict(request.query_params))
+        caller = await tickets.resume(ticket, resume[0]) if ticket else await principal(request)
+        return await _resume(request, caller, *resume, request_id)
+    params = {k: v for k, v in request.query_params.items() if k != "ticket"}
+    generation = request.app.state.validator.from_query(params)
+    caller = await tickets.redeem(ticket) if ticket else await principal(request)
     query = str(request.url.query).encode()
     stream_id = await request.app.state.manager.start(
-        generation, owner=ANONYMOUS, request_id=request_id, body_fingerprint=fingerprint(query)
+        generation, owner=caller.id, request_id=request_id, body_fingerprint=fingerprint(query)
     )
+    if ticket:
+        settings = request.app.state.settings
+        await tickets.bind(ticket, caller, stream_id, settings.stream_ttl)
     return await _respond(request, stream_id, -1, request_id)
+
+
+@router.post("/api/tickets")
+async def issue_ticket(request: Request, caller: Caller) -> JSONResponse:
+    """A short-lived ticket that lets an `EventSource` start one stream as the caller."""
+    ttl = request.app.state.settings.ticket_ttl
+    ticket = await request.app.state.tickets.issue(caller, ttl)
+    return JSONResponse({"ticket": ticket, "expires_in": ttl})
 
 
 @router.get("/api/streams/{stream_id}", responses=_SSE_DOC)
 async def resume_stream(
     request: Request,
+    caller: Caller,
     stream_id: str,
     after: Annotated[int | None, Query(ge=-1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -153,12 +180,12 @@ async def resume_stream(
     if resume is not None:
         after = resume[1]
     return await _resume(
-        request, stream_id, -1 if after is None else after, request_id_of(x_request_id)
+        request, caller, stream_id, -1 if after is None else after, request_id_of(x_request_id)
     )
 
 
 @router.delete("/api/streams/{stream_id}")
-async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
+async def cancel_stream(request: Request, caller: Caller, stream_id: str) -> JSONResponse:
     """Cancel: stop the upstream generation now. The stream ends with a `cancelled` error."""
-    cancelled = await request.app.state.manager.cancel(stream_id, ANONYMOUS)
+    cancelled = await request.app.state.manager.cancel(stream_id, caller.id)
     return JSONResponse({"stream_id": stream_id, "cancelled": cancelled})

@@ -55,7 +55,8 @@ class Tail:
             woken = await waiter
         finally:
             timer.cancel()
-        if not woken:
+        if not woken and waiter in self._waiters:
+            # Timed out with nothing pushed. (A push right after the timer fired has
+            # already swapped the waiter list out: then there are entries to return.)
             self._waiters.remove(waiter)
-            return []
         return self.entries[after + 1 :]

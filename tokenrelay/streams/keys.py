@@ -39,6 +39,14 @@ def reader_key(stream_id: str) -> str:
     return f"{PREFIX}:s:{stream_id}:seen"
 
 
+def ticket_key(ticket: str) -> str:
+    return f"{PREFIX}:ticket:{ticket}"
+
+
+def ticket_stream_key(ticket: str) -> str:
+    return f"{PREFIX}:ticket:{ticket}:stream"
+
+
 def idempotency_key(owner: str, key: str) -> str:
     return f"{PREFIX}:idem:{owner}:{key}"
 

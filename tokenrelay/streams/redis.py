@@ -135,6 +135,11 @@ class RedisLog:
         self._cancel_listener: asyncio.Task[None] | None = None
         self._cancel_callback: Callable[[str], None] | None = None
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The bounded pool, for other shared state (tickets) of this process."""
+        return self._redis
+
     # -- writing ---------------------------------------------------------------
 
     async def create(self, meta: StreamMeta) -> None:

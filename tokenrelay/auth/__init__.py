@@ -1,0 +1,1 @@
+"""Who is asking: API keys, JWTs, and single-use stream tickets for EventSource."""
