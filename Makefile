@@ -5,17 +5,21 @@
 UV := .tools/bin/uv
 PY_DEPS := .venv/.synced
 
-.PHONY: run test lint pytest system-deps clean
+.PHONY: run test lint jstest pytest system-deps clean
 
 run: $(PY_DEPS)
 	$(UV) run --frozen tokenrelay serve
 
-test: $(PY_DEPS) system-deps lint pytest
+test: $(PY_DEPS) system-deps lint jstest pytest
 
 lint: $(PY_DEPS)
 	$(UV) run --frozen ruff check tokenrelay tests
 	$(UV) run --frozen ruff format --check tokenrelay tests
 	$(UV) run --frozen mypy tokenrelay
+
+# The JS client's unit tests: node's own test runner, no npm packages.
+jstest: system-deps
+	node --test tests/js/
 
 pytest: $(PY_DEPS)
 	$(UV) run --frozen pytest -q
@@ -29,7 +33,7 @@ $(PY_DEPS): $(UV) uv.lock pyproject.toml
 	touch $@
 
 # Debian packages the test suite runs for real; installed only when missing.
-SYSTEM_PACKAGES := redis-server redis-tools nginx
+SYSTEM_PACKAGES := redis-server redis-tools nginx nodejs chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

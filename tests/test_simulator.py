@@ -33,6 +33,17 @@ def test_same_request_same_deltas_and_directives_do_not_change_the_text() -> Non
     assert plain.deltas[0][0].isupper() and all(d.startswith(" ") for d in plain.deltas[1:])
 
 
+def test_echo_answers_with_the_prompt_itself_word_by_word() -> None:
+    sim = Simulator()
+    plan = sim.plan(body('Say <img src=x onerror="alert(1)">  [[sim:echo=1]] [[sim:tps=5]]'))
+    assert plan.deltas == ["Say", " <img", " src=x", ' onerror="alert(1)">']
+    assert plan.stop_reason == "end_turn" and plan.tps == 5
+    # Prefill continues an echoed answer like any other.
+    request = body("One two three four [[sim:echo=1]]")
+    request["messages"].append({"role": "assistant", "content": "One two"})
+    assert sim.plan(request).deltas == [" three", " four"]
+
+
 def test_tokens_and_max_tokens_set_the_length() -> None:
     sim = Simulator()
     assert len(sim.plan(body("Hi [[sim:tokens=7]]")).deltas) == 7

@@ -23,6 +23,7 @@ from tokenrelay.pricing import ModelTable
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 INT_DIRECTIVES = frozenset(
     {"tokens", "ttft_ms", "status", "error_after", "drop_after", "stall_after", "fail_times"}
+    | {"echo"}
 )
 DEFAULT_TOKENS = 50
 PREFILL_REJECTED = (
@@ -145,6 +146,12 @@ def derive_deltas(key: bytes, count: int) -> list[str]:
     return deltas
 
 
+def echo_deltas(text: str) -> list[str]:
+    """`text` as deltas of one word each, spaces leading as in derived text."""
+    words = text.split(" ")
+    return [words[0], *(" " + w for w in words[1:])]
+
+
 class Simulator:
     def __init__(
         self, *, ttft_ms: int = 300, tps: float = 60.0, models: ModelTable | None = None
@@ -193,6 +200,10 @@ class Simulator:
         count = directives.get("tokens", DEFAULT_TOKENS)
         tool_name = directives.get("tool")
         deltas = derive_deltas(key, count)
+        last = canonical["messages"][-1] if canonical["messages"] else None
+        if directives.get("echo") and last and last["role"] == "user" and last["content"]:
+            # A chosen answer (e.g. markup, to test that clients show it as text).
+            deltas = echo_deltas(last["content"])
         tool = None
         if isinstance(tool_name, str) and tool_name:
             deltas = deltas[:5]
