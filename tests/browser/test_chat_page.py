@@ -1,0 +1,296 @@
+"""The chat page at `/`, in real Chromium, against real gateway and simulator processes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from playwright.async_api import Browser
+
+from tests.browser.conftest import (
+    WAIT_MS,
+    ChatPage,
+    CuttingProxy,
+    chat_page,
+    direct,
+    stream_log,
+)
+from tests.conftest import Stack
+
+STATS = re.compile(r"^TTFT \d+ ms · \d+ tok/s · (\d+) tokens · \$(\d+\.\d{6})$")
+
+
+async def last_stream_id(chat: ChatPage) -> str:
+    """The page's latest stream, from the gateway's X-Stream-ID response header."""
+    posts = [r for r in chat.requests if r.method == "POST" and r.url.endswith("/stream-response")]
+    response = await posts[-1].response()
+    assert response is not None
+    stream_id = await response.header_value("x-stream-id")
+    assert stream_id
+    return stream_id
+
+
+async def wait_until(condition: Callable[[], Any], what: str) -> None:
+    for _ in range(WAIT_MS // 50):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_answer_streams_in_growing_text_and_ends_with_the_simulators_text(
+    chat: ChatPage, stack: Stack
+) -> None:
+    prompt = "Tell me about rivers [[sim:tps=20]] [[sim:tokens=40]]"
+    expected = await direct(stack.gateway, "Tell me about rivers [[sim:tps=0]] [[sim:tokens=40]]")
+    await chat.page.evaluate(
+        """() => {
+            // Every text the answer shows, as it changes (the page updates once per frame).
+            window.snapshots = [];
+            new MutationObserver(() => {
+                const answer = document.querySelector(".turn:last-child [data-testid=answer]");
+                const state = document.getElementById("state").dataset.state;
+                if (answer) window.snapshots.push([answer.textContent, state]);
+            }).observe(document.getElementById("conversation"),
+                       { subtree: true, childList: true, characterData: true });
+        }"""
+    )
+    await chat.send(prompt)
+    await chat.wait_for_state("done")
+    await chat.screenshot("streamed-answer")
+
+    assert await chat.answer_text() == expected.text
+    growing = [text for text, state in await chat.page.evaluate("() => window.snapshots")
+               if text and state == "streaming"]  # fmt: skip
+    # Several partial answers were on screen, each a prefix of the next, before `done`.
+    distinct = sorted(set(growing), key=len)
+    assert len(distinct) >= 3, distinct
+    assert all(expected.text.startswith(text) for text in distinct)
+    assert distinct[0] != expected.text
+    assert await chat.page.get_by_test_id("user-message").last.text_content() == prompt
+
+    stats = await chat.turn().get_by_test_id("stats").text_content()
+    done = expected.events[-1].data
+    match = STATS.match(stats or "")
+    assert match, stats
+    assert int(match[1]) == done["usage"]["output_tokens"] == 40
+    log = await stream_log(stack.gateway, await last_stream_id(chat))
+    assert log.text == expected.text
+    assert match[2] == f"{log.events[-1].data['cost_usd']:.6f}"
+
+
+async def test_connection_cut_mid_answer_shows_reconnecting_then_the_whole_text_once(
+    browser: Browser, stack: Stack
+) -> None:
+    prompt = "A long road [[sim:tps=15]] [[sim:tokens=60]]"
+    expected = await direct(stack.gateway, "A long road [[sim:tps=0]] [[sim:tokens=60]]")
+    proxy = CuttingProxy(urlsplit(stack.gateway).port or 80)
+    base = await proxy.start()
+    try:
+        async with chat_page(browser, base) as chat:
+            await chat.record_states()
+            await chat.send(prompt)
+            await chat.wait_for_text("(text) => text.split(' ').length >= 8")
+            proxy.refusing = True
+            proxy.cut()
+            await chat.wait_for_state("reconnecting")
+            await chat.screenshot("reconnecting")
+            partial = await chat.answer_text()
+            assert expected.text.startswith(partial) and partial != expected.text
+            proxy.refusing = False
+            await chat.wait_for_state("done")
+            await chat.screenshot("reconnected-and-done")
+
+            assert await chat.answer_text() == expected.text
+            states = await chat.states()
+            assert states[states.index("streaming") :] == [
+                "streaming", "reconnecting", "streaming", "done",
+            ]  # fmt: skip
+            stream_id = await last_stream_id(chat)
+            resumes = [r for r in chat.requests if r.url.endswith(f"/api/streams/{stream_id}")]
+            assert resumes, "the page never tried to resume"
+            last_event_ids = [await r.header_value("last-event-id") for r in resumes]
+            # Every resume asked for what follows the last event shown: the start event
+            # is seq 0, then one event per word.
+            shown = len(partial.split(" ")) if partial else 0
+            assert last_event_ids == [f"{stream_id}:{shown}"] * len(resumes)
+    finally:
+        await proxy.close()
+
+
+async def test_stop_cancels_the_generation_on_the_server(
+    browser: Browser, own_stack: Stack
+) -> None:
+    prompt = "Go on and on [[sim:tps=10]] [[sim:tokens=400]]"
+    async with chat_page(browser, own_stack.gateway) as chat:
+        await chat.send(prompt)
+        await chat.wait_for_text("(text) => text.split(' ').length >= 3")
+        assert own_stack.sim_stats()["active"] == 1
+        await chat.page.click("#stop")
+        await chat.wait_for_state("stopped")
+        await wait_until(lambda: own_stack.sim_stats()["disconnected"] == 1, "upstream cancel")
+        stats = own_stack.sim_stats()
+        assert stats["requests"] == 1 and stats["completed"] == 0 and stats["active"] == 0
+        await chat.screenshot("stopped")
+
+        stream_id = await last_stream_id(chat)
+        deletes = [r for r in chat.requests if r.method == "DELETE"]
+        assert [r.url for r in deletes] == [f"{own_stack.gateway}/api/streams/{stream_id}"]
+        response = await deletes[0].response()
+        assert response is not None and await response.json() == {
+            "stream_id": stream_id,
+            "cancelled": True,
+        }
+        log = await stream_log(own_stack.gateway, stream_id)
+        assert log.events[-1].data["code"] == "cancelled"
+        shown = await chat.answer_text()
+        assert log.text.startswith(shown)
+        assert len(log.text.split(" ")) < 400
+        assert await chat.page.is_disabled("#stop")
+        assert await chat.page.is_enabled("#send")
+
+
+async def test_rate_limit_after_retries_is_shown_as_a_retryable_failure(
+    chat: ChatPage, stack: Stack
+) -> None:
+    prompt = "Busy now [[sim:status=429]]"
+    expected = (await direct(stack.gateway, prompt)).events[-1].data
+    assert expected["code"] == "rate_limit" and expected["retryable"] is True
+    await chat.send(prompt)
+    await chat.wait_for_state("failed")
+    await chat.screenshot("rate-limited")
+    turn = chat.turn()
+    assert await turn.get_by_test_id("error").text_content() == (
+        f"{expected['error']} (rate_limit; you can retry)"
+    )
+    assert await turn.get_by_test_id("error").is_visible()
+    assert await turn.get_by_test_id("retry").is_visible()
+    assert await chat.answer_text() == ""
+    assert await chat.page.get_by_test_id("state").text_content() == "failed"
+
+
+async def test_gateway_http_error_before_the_stream_is_shown_with_its_message(
+    chat: ChatPage, stack: Stack
+) -> None:
+    prompt = "x" * 10_001
+    async with httpx.AsyncClient(base_url=stack.gateway) as client:
+        response = await client.post("/api/stream-response", json={"prompt": prompt})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    await chat.send(prompt)
+    await chat.wait_for_state("failed")
+    turn = chat.turn()
+    assert await turn.get_by_test_id("error").text_content() == (
+        f"HTTP 400 invalid_request_error: {message}"
+    )
+    # A request the gateway rejects as invalid will not pass on a second try.
+    assert await turn.get_by_test_id("retry").is_hidden()
+    await chat.screenshot("http-400")
+
+
+async def test_error_mid_answer_keeps_the_text_and_shows_the_error(
+    chat: ChatPage, stack: Stack
+) -> None:
+    prompt = "Breaks midway [[sim:error_after=3]] [[sim:tokens=30]]"
+    expected = await direct(stack.gateway, prompt)
+    error = expected.events[-1].data
+    assert error["code"] == "overloaded" and expected.text
+    await chat.send(prompt)
+    await chat.wait_for_state("failed")
+    await chat.screenshot("error-mid-answer")
+    turn = chat.turn()
+    assert await chat.answer_text() == expected.text
+    hint = "you can retry" if error["retryable"] else "not retryable"
+    assert await turn.get_by_test_id("error").text_content() == (
+        f"{error['error']} ({error['code']}; {hint})"
+    )
+
+
+async def test_markup_in_an_answer_is_shown_as_text_never_run(chat: ChatPage, stack: Stack) -> None:
+    crafted = (
+        'Look: <img src=x onerror="window.pwned=1;alert(1)"> '
+        "<script>window.pwned=2</script> <b>bold?</b>"
+    )
+    expected = await direct(stack.gateway, f"{crafted} [[sim:echo=1]]")
+    assert expected.text == crafted
+    await chat.send(f"{crafted} [[sim:echo=1]] [[sim:tps=30]]")
+    await chat.wait_for_state("done")
+    await chat.screenshot("markup-as-text")
+
+    assert await chat.answer_text() == crafted
+    conversation = chat.page.get_by_test_id("conversation")
+    for tag in ("img", "script", "b"):
+        assert await conversation.locator(tag).count() == 0
+    assert await chat.answer().evaluate("el => el.childElementCount") == 0
+    assert await chat.page.evaluate("() => window.pwned") is None
+    assert chat.dialogs == []
+
+
+async def test_second_question_sends_the_whole_conversation(chat: ChatPage, stack: Stack) -> None:
+    first = "Name a river [[sim:tokens=12]]"
+    second = "And a mountain? [[sim:tokens=9]]"
+    first_answer = (await direct(stack.gateway, first)).text
+    await chat.send(first)
+    await chat.wait_for_state("done")
+    await chat.send(second)
+    await chat.wait_for_state("done")
+    await chat.screenshot("two-turns")
+
+    bodies = chat.posted_bodies()
+    assert len(bodies) == 2
+    model = bodies[0]["model"]
+    assert bodies == [
+        {"messages": [{"role": "user", "content": first}], "model": model},
+        {
+            "messages": [
+                {"role": "user", "content": first},
+                {"role": "assistant", "content": first_answer},
+                {"role": "user", "content": second},
+            ],
+            "model": model,
+        },
+    ]
+    async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
+        info = (await client.get("/api/info")).json()
+    assert model == info["model"]
+    assert await chat.answer_text(0) == first_answer
+    assert await chat.page.get_by_test_id("answer").count() == 2
+
+
+async def test_page_fits_a_phone_screen(browser: Browser, stack: Stack) -> None:
+    phone = {"viewport": {"width": 375, "height": 740}, "device_scale_factor": 2}
+    async with chat_page(browser, stack.gateway, **phone) as chat:
+        await chat.send("Tell me a short story [[sim:tokens=80]]")
+        await chat.wait_for_state("done")
+        await chat.screenshot("phone")
+        page = chat.page
+        assert await page.evaluate("() => document.documentElement.scrollWidth") == 375
+        for testid in ("prompt", "send", "stop", "model", "state"):
+            box = await page.get_by_test_id(testid).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, testid
+        answer = await chat.answer().bounding_box()
+        assert answer is not None and answer["x"] + answer["width"] <= 375
+
+
+async def test_event_source_path_streams_the_same_text(chat: ChatPage, stack: Stack) -> None:
+    prompt = "Plain EventSource [[sim:tokens=15]]"
+    expected = await direct(stack.gateway, prompt)
+    text: Any = await chat.page.evaluate(
+        """(prompt) => new Promise((resolve, reject) => {
+            const query = new URLSearchParams({ prompt });
+            const source = new EventSource(`/api/stream-response?${query}`);
+            let text = "";
+            source.onmessage = (event) => {
+                const data = JSON.parse(event.data);
+                if (data.token) text += data.token;
+                if (data.done || data.error) { source.close(); resolve(text); }
+            };
+            source.onerror = () => { source.close(); reject(new Error("EventSource failed")); };
+        })""",
+        prompt,
+    )
+    assert text == expected.text
