@@ -38,7 +38,7 @@ FAST_GATEWAY_ENV = {
 
 
 @contextlib.contextmanager
-def run_stack(tmp: Path, **env: str) -> Iterator[Stack]:
+def run_stack(tmp: Path, *args: str, **env: str) -> Iterator[Stack]:
     sim_port, gw_port = free_port(), free_port()
     simulator = f"http://127.0.0.1:{sim_port}"
     gateway = f"http://127.0.0.1:{gw_port}"
@@ -46,7 +46,7 @@ def run_stack(tmp: Path, **env: str) -> Iterator[Stack]:
     sim_args = ["simulate", "--port", str(sim_port), "--ttft-ms", "0", "--tps", "0"]
     with spawn(sim_args, f"{simulator}/healthz", log_path=tmp / f"sim-{sim_port}.log"):
         gw_args = ["serve", "--port", str(gw_port), "--provider", "anthropic"]
-        gw_args += ["--anthropic-base-url", simulator]
+        gw_args += ["--anthropic-base-url", simulator, *args]
         with spawn(
             gw_args, f"{gateway}/readyz", env={**FAST_GATEWAY_ENV, **env}, log_path=log_path
         ) as proc:

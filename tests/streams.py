@@ -76,10 +76,5 @@ async def start(client: httpx.AsyncClient, body: dict[str, Any], **kwargs: Any) 
 
 async def resume(client: httpx.AsyncClient, last_event_id: str, **kwargs: Any) -> Read:
     stream_id = last_event_id.rpartition(":")[0]
-    return await read_stream(
-        client,
-        "GET",
-        f"/api/streams/{stream_id}",
-        headers={"Last-Event-ID": last_event_id},
-        **kwargs,
-    )
+    headers = {"Last-Event-ID": last_event_id, **kwargs.pop("headers", {})}
+    return await read_stream(client, "GET", f"/api/streams/{stream_id}", headers=headers, **kwargs)

@@ -14,7 +14,7 @@ from tokenrelay.auth.tickets import MemoryTickets, RedisTickets
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.registry import build_provider, build_store
-from tokenrelay.routes import errors, health, stream, web
+from tokenrelay.routes import errors, health, openapi, stream, web
 from tokenrelay.routes.limits import BodySizeLimit
 from tokenrelay.routes.security import SecurityHeaders
 from tokenrelay.streams.manager import StreamManager, StreamTimings
@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         screen=settings.prompt_screen,
     )
     errors.install(app)
+    openapi.install(app, sorted(models.models), app.state.validator.limits)
     app.include_router(stream.router)
     app.include_router(health.router)
     app.include_router(web.router)

@@ -22,6 +22,9 @@ def serve(
         None, help="Upstream Messages API base URL [env TOKENRELAY_ANTHROPIC_BASE_URL]."
     ),
     auth: str = typer.Option(None, help="none | api_key | jwt [env TOKENRELAY_AUTH; none]."),
+    api_keys_file: str = typer.Option(
+        None, help="Hashed API keys (tokenrelay keys create) [TOKENRELAY_API_KEYS_FILE]."
+    ),
     insecure_no_auth: bool = typer.Option(
         None, "--insecure-no-auth", help="Allow --auth none on a non-loopback address."
     ),
@@ -33,7 +36,7 @@ def serve(
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
 ) -> None:
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
-    from tokenrelay.auth.factory import UnsafeConfiguration, check_exposure
+    from tokenrelay.auth.factory import UnsafeConfiguration, build_authenticator, check_exposure
     from tokenrelay.config import Settings
     from tokenrelay.server import serve as run_server
 
@@ -47,6 +50,7 @@ def serve(
             "model": model,
             "anthropic_base_url": anthropic_base_url,
             "auth": auth,
+            "api_keys_file": api_keys_file,
             "insecure_no_auth": insecure_no_auth,
             "ssl_certfile": ssl_certfile,
             "ssl_keyfile": ssl_keyfile,
@@ -57,7 +61,8 @@ def serve(
     settings = Settings(**overrides)
     try:
         warning = check_exposure(settings)
-    except UnsafeConfiguration as exc:
+        build_authenticator(settings)  # a missing keys file or JWT key fails here, clearly
+    except (UnsafeConfiguration, ValueError, OSError) as exc:
         typer.echo(f"tokenrelay: {exc}", err=True)
         raise typer.Exit(2) from None
     if warning:

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_user_claim: str = "sub"
+    jwt_jwks_refresh_cooldown: float = 30.0
     ticket_ttl: float = 60.0
 
     # Browsers and transport

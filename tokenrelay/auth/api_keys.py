@@ -57,7 +57,10 @@ class ApiKeyAuth:
 
     def __init__(self, keys: dict[str, StoredKey]) -> None:
         if not keys:
-            raise ValueError("api_key auth needs at least one key (tokenrelay keys create)")
+            raise ValueError(
+                "api_key auth needs at least one key: create one with "
+                "'tokenrelay keys create --user NAME' and pass --api-keys-file"
+            )
         self._keys = keys
 
     @classmethod

@@ -61,6 +61,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
                 user_claim=settings.jwt_user_claim,
+                jwks_refresh_cooldown=settings.jwt_jwks_refresh_cooldown,
             )
         )
     return NoAuth()

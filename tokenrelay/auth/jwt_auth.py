@@ -21,6 +21,9 @@ class JwtSettings:
     audience: str | None = None
     user_claim: str = "sub"
     leeway: float = 0.0
+    # At most one refetch per this many seconds for unknown kids: a stream of tokens
+    # with made-up kids must not turn into a stream of requests to the identity provider.
+    jwks_refresh_cooldown: float = 30.0
 
 
 class JwtAuth:
@@ -29,7 +32,10 @@ class JwtAuth:
     def __init__(self, settings: JwtSettings) -> None:
         sources = [settings.secret, settings.public_key, settings.jwks_url]
         if sum(s is not None for s in sources) != 1:
-            raise ValueError("jwt auth needs exactly one of: secret, public key, JWKS URL")
+            raise ValueError(
+                "jwt auth needs exactly one of TOKENRELAY_JWT_SECRET (HS256), "
+                "TOKENRELAY_JWT_PUBLIC_KEY_FILE (RS256/ES256) or TOKENRELAY_JWT_JWKS_URL"
+            )
         self.settings = settings
         if settings.secret is not None:
             self._algorithms = ["HS256"]
@@ -37,7 +43,13 @@ class JwtAuth:
             self._algorithms = ["RS256", "ES256"]
         # PyJWKClient caches the key set and refetches it for a kid it does not know.
         self._jwks = (
-            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            jwt.PyJWKClient(
+                settings.jwks_url,
+                cache_keys=True,
+                lifespan=300,
+                timeout=5,
+                cooldown_duration=settings.jwks_refresh_cooldown,
+            )
             if settings.jwks_url
             else None
         )

@@ -14,7 +14,10 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={"503": {"description": "Draining for shutdown, or the store is unreachable."}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready for new streams: 503 while draining or when the store is unreachable."""
     manager = request.app.state.manager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import JSONResponse
@@ -17,9 +17,10 @@ from tokenrelay.dialects.tokens import (
     retry_field,
 )
 from tokenrelay.errors import InvalidRequest
+from tokenrelay.routes.openapi import SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse
 from tokenrelay.streams.manager import StreamManager, fingerprint
-from tokenrelay.validation import RequestValidator, StreamRequestBody
+from tokenrelay.validation import RequestValidator
 
 router = APIRouter()
 
@@ -31,19 +32,6 @@ async def principal(request: Request) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(principal)]
-
-_SSE_DOC: dict[int | str, dict[str, Any]] = {
-    "200": {
-        "description": "A `text/event-stream` of `tokens` events.",
-        "content": {"text/event-stream": {}},
-    },
-}
-_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": StreamRequestBody.model_json_schema()}},
-    }
-}
 
 
 def request_id_of(value: str | None) -> str:
@@ -99,7 +87,9 @@ async def _resume(
     return await _respond(request, stream_id, after, request_id)
 
 
-@router.post("/api/stream-response", responses=_SSE_DOC, openapi_extra=_BODY_DOC)
+@router.post(
+    "/api/stream-response", responses={**SSE_OK, **errors(400, 401, 404, 413, 422, 429, 503)}
+)
 async def start_stream(
     request: Request,
     caller: Caller,
@@ -125,7 +115,7 @@ async def start_stream(
     return await _respond(request, stream_id, -1, request_id)
 
 
-@router.get("/api/stream-response", responses=_SSE_DOC)
+@router.get("/api/stream-response", responses={**SSE_OK, **errors(400, 401, 404, 429, 503)})
 async def start_stream_eventsource(
     request: Request,
     prompt: Annotated[str | None, Query()] = None,
@@ -157,7 +147,7 @@ async def start_stream_eventsource(
     return await _respond(request, stream_id, -1, request_id)
 
 
-@router.post("/api/tickets")
+@router.post("/api/tickets", responses=errors(401, 503))
 async def issue_ticket(request: Request, caller: Caller) -> JSONResponse:
     """A short-lived ticket that lets an `EventSource` start one stream as the caller."""
     ttl = request.app.state.settings.ticket_ttl
@@ -165,7 +155,7 @@ async def issue_ticket(request: Request, caller: Caller) -> JSONResponse:
     return JSONResponse({"ticket": ticket, "expires_in": ttl})
 
 
-@router.get("/api/streams/{stream_id}", responses=_SSE_DOC)
+@router.get("/api/streams/{stream_id}", responses={**SSE_OK, **errors(400, 401, 404, 503)})
 async def resume_stream(
     request: Request,
     caller: Caller,
@@ -184,7 +174,7 @@ async def resume_stream(
     )
 
 
-@router.delete("/api/streams/{stream_id}")
+@router.delete("/api/streams/{stream_id}", responses=errors(401, 404, 503))
 async def cancel_stream(request: Request, caller: Caller, stream_id: str) -> JSONResponse:
     """Cancel: stop the upstream generation now. The stream ends with a `cancelled` error."""
     cancelled = await request.app.state.manager.cancel(stream_id, caller.id)
