@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,14 +25,17 @@ def free_port() -> int:
 
 
 def wait_until_ok(
-    url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+    url: str,
+    timeout: float = 15.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout}s")
@@ -44,6 +48,7 @@ def spawn(
     *,
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python -m tokenrelay ARGS` until the block ends; output goes to `log_path`."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -56,7 +61,7 @@ def spawn(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until_ok(ready_url, proc=proc)
+        wait_until_ok(ready_url, proc=proc, verify=verify)
         yield proc
     finally:
         if proc.poll() is None:
