@@ -12,7 +12,9 @@ from rich.console import Console
 from tokenrelay.client import TokenRelay, TokenRelayError
 
 
-async def run_chat(url: str, prompt: str, params: dict[str, Any]) -> bool:
+async def run_chat(
+    url: str, prompt: str, params: dict[str, Any], *, api_key: str | None = None
+) -> bool:
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     started = time.perf_counter()
@@ -20,7 +22,7 @@ async def run_chat(url: str, prompt: str, params: dict[str, Any]) -> bool:
     tokens = 0
     try:
         async with (
-            TokenRelay(url) as relay,
+            TokenRelay(url, api_key=api_key) as relay,
             contextlib.aclosing(relay.stream(prompt, **params)) as events,
         ):
             async for event in events:

@@ -96,6 +96,9 @@ def chat(
     model: str = typer.Option(None, help="Model (default: the gateway's)."),
     max_tokens: int = typer.Option(None, help="Longest answer, in tokens."),
     system: str = typer.Option(None, help="System prompt."),
+    api_key: str = typer.Option(
+        None, envvar="TOKENRELAY_API_KEY", help="Key for a gateway with --auth api_key."
+    ),
 ) -> None:
     """Ask a running gateway and print the answer as it streams."""
     import asyncio
@@ -103,7 +106,8 @@ def chat(
     from tokenrelay.chat import run_chat
 
     params = {"model": model, "max_tokens": max_tokens, "system": system}
-    ok = asyncio.run(run_chat(url, prompt, {k: v for k, v in params.items() if v is not None}))
+    params = {k: v for k, v in params.items() if v is not None}
+    ok = asyncio.run(run_chat(url, prompt, params, api_key=api_key))
     raise typer.Exit(0 if ok else 1)
 
 

@@ -143,7 +143,9 @@ def _raise_for_error(response: httpx.Response) -> None:
         raise TokenRelayError(response.status_code, "api_error", response.text[:200]) from None
 
 
-def stream_sync(base_url: str, prompt: str, **params: Any) -> Iterator[StreamEvent]:
+def stream_sync(
+    base_url: str, prompt: str, *, api_key: str | None = None, **params: Any
+) -> Iterator[StreamEvent]:
     """The same, for code without an event loop: yields events as they arrive."""
     queue: asyncio.Queue[StreamEvent | BaseException | None]
     loop = asyncio.new_event_loop()
@@ -152,7 +154,7 @@ def stream_sync(base_url: str, prompt: str, **params: Any) -> Iterator[StreamEve
 
         async def pump() -> None:
             try:
-                async with TokenRelay(base_url) as relay:
+                async with TokenRelay(base_url, api_key=api_key) as relay:
                     async for event in relay.stream(prompt, **params):
                         await queue.put(event)
                 await queue.put(None)

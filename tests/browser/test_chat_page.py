@@ -5,21 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from playwright.async_api import Browser
 
-from tests.browser.conftest import (
-    WAIT_MS,
-    ChatPage,
-    CuttingProxy,
-    chat_page,
-    direct,
-    stream_log,
-)
-from tests.conftest import Stack
+from tests.auth_support import create_key
+from tests.browser.conftest import WAIT_MS, ChatPage, chat_page, direct, stream_log
+from tests.conftest import Stack, run_stack
+from tests.proxy import CuttingProxy
+from tests.test_streaming import direct_text, unique
 
 STATS = re.compile(r"^TTFT \d+ ms · \d+ tok/s · (\d+) tokens · \$(\d+\.\d{6})$")
 
@@ -45,8 +42,9 @@ async def wait_until(condition: Callable[[], Any], what: str) -> None:
 async def test_answer_streams_in_growing_text_and_ends_with_the_simulators_text(
     chat: ChatPage, stack: Stack
 ) -> None:
-    prompt = "Tell me about rivers [[sim:tps=20]] [[sim:tokens=40]]"
-    expected = await direct(stack.gateway, "Tell me about rivers [[sim:tps=0]] [[sim:tokens=40]]")
+    words = unique("Tell me about rivers [[sim:tokens=40]]")
+    prompt = f"{words} [[sim:tps=20]]"
+    expected = await direct_text(stack.simulator, words)
     await chat.page.evaluate(
         """() => {
             // Every text the answer shows, as it changes (the page updates once per frame).
@@ -63,49 +61,49 @@ async def test_answer_streams_in_growing_text_and_ends_with_the_simulators_text(
     await chat.wait_for_state("done")
     await chat.screenshot("streamed-answer")
 
-    assert await chat.answer_text() == expected.text
+    assert await chat.answer_text() == expected
     growing = [text for text, state in await chat.page.evaluate("() => window.snapshots")
                if text and state == "streaming"]  # fmt: skip
     # Several partial answers were on screen, each a prefix of the next, before `done`.
     distinct = sorted(set(growing), key=len)
     assert len(distinct) >= 3, distinct
-    assert all(expected.text.startswith(text) for text in distinct)
-    assert distinct[0] != expected.text
+    assert all(expected.startswith(text) for text in distinct)
+    assert distinct[0] != expected
     assert await chat.page.get_by_test_id("user-message").last.text_content() == prompt
 
     stats = await chat.turn().get_by_test_id("stats").text_content()
-    done = expected.events[-1].data
     match = STATS.match(stats or "")
     assert match, stats
-    assert int(match[1]) == done["usage"]["output_tokens"] == 40
     log = await stream_log(stack.gateway, await last_stream_id(chat))
-    assert log.text == expected.text
-    assert match[2] == f"{log.events[-1].data['cost_usd']:.6f}"
+    done = log.events[-1].data
+    assert log.text == expected
+    assert int(match[1]) == done["usage"]["output_tokens"] == 40
+    assert match[2] == f"{done['cost_usd']:.6f}"
 
 
 async def test_connection_cut_mid_answer_shows_reconnecting_then_the_whole_text_once(
     browser: Browser, stack: Stack
 ) -> None:
-    prompt = "A long road [[sim:tps=15]] [[sim:tokens=60]]"
-    expected = await direct(stack.gateway, "A long road [[sim:tps=0]] [[sim:tokens=60]]")
+    words = unique("A long road [[sim:tokens=60]]")
+    expected = await direct_text(stack.simulator, words)
     proxy = CuttingProxy(urlsplit(stack.gateway).port or 80)
     base = await proxy.start()
     try:
         async with chat_page(browser, base) as chat:
             await chat.record_states()
-            await chat.send(prompt)
+            await chat.send(f"{words} [[sim:tps=15]]")
             await chat.wait_for_text("(text) => text.split(' ').length >= 8")
             proxy.refusing = True
             proxy.cut()
             await chat.wait_for_state("reconnecting")
             await chat.screenshot("reconnecting")
             partial = await chat.answer_text()
-            assert expected.text.startswith(partial) and partial != expected.text
+            assert expected.startswith(partial) and partial != expected
             proxy.refusing = False
             await chat.wait_for_state("done")
             await chat.screenshot("reconnected-and-done")
 
-            assert await chat.answer_text() == expected.text
+            assert await chat.answer_text() == expected
             states = await chat.states()
             assert states[states.index("streaming") :] == [
                 "streaming", "reconnecting", "streaming", "done",
@@ -125,7 +123,7 @@ async def test_connection_cut_mid_answer_shows_reconnecting_then_the_whole_text_
 async def test_stop_cancels_the_generation_on_the_server(
     browser: Browser, own_stack: Stack
 ) -> None:
-    prompt = "Go on and on [[sim:tps=10]] [[sim:tokens=400]]"
+    prompt = unique("Go on and on [[sim:tps=10]] [[sim:tokens=400]]")
     async with chat_page(browser, own_stack.gateway) as chat:
         await chat.send(prompt)
         await chat.wait_for_text("(text) => text.split(' ').length >= 3")
@@ -231,9 +229,9 @@ async def test_markup_in_an_answer_is_shown_as_text_never_run(chat: ChatPage, st
 
 
 async def test_second_question_sends_the_whole_conversation(chat: ChatPage, stack: Stack) -> None:
-    first = "Name a river [[sim:tokens=12]]"
+    first = unique("Name a river [[sim:tokens=12]]")
     second = "And a mountain? [[sim:tokens=9]]"
-    first_answer = (await direct(stack.gateway, first)).text
+    first_answer = await direct_text(stack.simulator, first)
     await chat.send(first)
     await chat.wait_for_state("done")
     await chat.send(second)
@@ -277,8 +275,8 @@ async def test_page_fits_a_phone_screen(browser: Browser, stack: Stack) -> None:
 
 
 async def test_event_source_path_streams_the_same_text(chat: ChatPage, stack: Stack) -> None:
-    prompt = "Plain EventSource [[sim:tokens=15]]"
-    expected = await direct(stack.gateway, prompt)
+    prompt = unique("Plain EventSource [[sim:tokens=15]]")
+    expected = await direct_text(stack.simulator, prompt)
     text: Any = await chat.page.evaluate(
         """(prompt) => new Promise((resolve, reject) => {
             const query = new URLSearchParams({ prompt });
@@ -293,4 +291,35 @@ async def test_event_source_path_streams_the_same_text(chat: ChatPage, stack: St
         })""",
         prompt,
     )
-    assert text == expected.text
+    assert text == expected
+
+
+async def test_with_auth_on_the_page_asks_for_a_key_and_sends_it_as_bearer(
+    browser: Browser, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    key = create_key(keys_file, "alice")
+    with run_stack(tmp_path, "--auth", "api_key", "--api-keys-file", str(keys_file)) as stack:
+        prompt = unique("Hello there [[sim:tokens=6]]")
+        async with httpx.AsyncClient(base_url=stack.gateway) as client:
+            refused = await client.post("/api/stream-response", json={"prompt": prompt})
+        assert refused.status_code == 401
+        async with chat_page(browser, stack.gateway) as chat:
+            assert await chat.page.get_by_test_id("api-key").is_visible()
+            await chat.send(prompt)
+            await chat.wait_for_state("failed")
+            error = chat.turn().get_by_test_id("error")
+            assert await error.text_content() == (
+                f"HTTP 401 authentication_error: {refused.json()['error']['message']}"
+            )
+            await chat.page.fill("#api-key", key)
+            await chat.turn().get_by_test_id("retry").click()
+            await chat.wait_for_state("done")
+            await chat.screenshot("api-key")
+            assert await chat.answer_text() == await direct_text(stack.simulator, prompt)
+            posts = [r for r in chat.requests if r.url.endswith("/api/stream-response")]
+            assert [await r.header_value("authorization") for r in posts] == [None, f"Bearer {key}"]
+            # Kept for this tab's session only, and offered again after a reload.
+            await chat.page.reload()
+            await chat.page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+            assert await chat.page.input_value("#api-key") == key
