@@ -319,6 +319,28 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_sends_it_as_bearer(
             assert await chat.answer_text() == await direct_text(stack.simulator, prompt)
             posts = [r for r in chat.requests if r.url.endswith("/api/stream-response")]
             assert [await r.header_value("authorization") for r in posts] == [None, f"Bearer {key}"]
+            # EventSource cannot send the key: a ticket from tokenrelay.js stands in for it.
+            ticketed = unique("Through a ticket [[sim:tokens=8]]")
+            text = await chat.page.evaluate(
+                """async ([apiKey, prompt]) => {
+                    const { TokenRelay } = await import("/tokenrelay.js");
+                    const relay = new TokenRelay({ apiKey });
+                    const url = relay.eventSourceUrl({ prompt, ticket: await relay.ticket() });
+                    return await new Promise((resolve, reject) => {
+                        const source = new EventSource(url);
+                        let text = "";
+                        source.onmessage = (event) => {
+                            const data = JSON.parse(event.data);
+                            if (data.token) text += data.token;
+                            if (data.done) { source.close(); resolve(text); }
+                            if (data.error) { source.close(); reject(new Error(data.error)); }
+                        };
+                        source.onerror = () => { source.close(); reject(new Error("refused")); };
+                    });
+                }""",
+                [key, ticketed],
+            )
+            assert text == await direct_text(stack.simulator, ticketed)
             # Kept for this tab's session only, and offered again after a reload.
             await chat.page.reload()
             await chat.page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
