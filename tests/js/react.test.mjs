@@ -10,7 +10,8 @@ const { useStreamingResponse } = await import("../../tokenrelay/web/react.js");
 const ID = "s9";
 
 function frames(tokens, final) {
-  const events = [{ stream_id: ID, request_id: "r", model: "m" }, ...tokens.map((token) => ({ token })), final];
+  const start = { stream_id: ID, request_id: "r", model: "m" };
+  const events = [start, ...tokens.map((token) => ({ token })), final];
   return events.map((data, seq) => `id: ${ID}:${seq}\ndata: ${JSON.stringify(data)}\n\n`).join("");
 }
 

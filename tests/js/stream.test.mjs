@@ -305,3 +305,35 @@ test("the stream is also an async iterable of typed events", async () => {
   assert.equal(events.at(-1).type, "done");
   assert.equal(events.at(-1).stopReason, "end_turn");
 });
+
+test("heartbeats keep a quiet stream alive: no reconnect while pings arrive", async () => {
+  const requests = [];
+  const fetch = async (url, init) => {
+    requests.push(url);
+    const encoder = new TextEncoder();
+    const log = streamLog();
+    let pings = 0;
+    const body = new ReadableStream({
+      async pull(controller) {
+        // Silent for 8 × 20 ms apart from pings: far longer than the 50 ms stall timeout.
+        if (pings === 0) controller.enqueue(encoder.encode(frame(0, log[0])));
+        if (pings < 8) {
+          pings += 1;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          controller.enqueue(encoder.encode(": ping\n\n"));
+          return;
+        }
+        controller.enqueue(encoder.encode(log.slice(1).map((d, i) => frame(i + 1, d)).join("")));
+        controller.close();
+      },
+    });
+    init.signal.addEventListener("abort", () => body.cancel());
+    return new Response(body, { status: 200 });
+  };
+  const { stream, tokens, delays } = run({ fetch }, { stallTimeout: 50 });
+  const result = await stream.result;
+  assert.equal(result.state, "done");
+  assert.deepEqual(tokens, WORDS);
+  assert.deepEqual(requests, ["/api/stream-response"]);
+  assert.deepEqual(delays, []);
+});

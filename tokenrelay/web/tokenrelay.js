@@ -251,7 +251,7 @@ export class ResponseStream {
     this.error = null;
     this.final = null;
     this.stopped = new AbortController();
-    this.queue = [];
+    this.queue = null; // events kept for an async iterator, once one asks
     this.waiters = [];
     // A retried POST must not start a second generation: the key makes it attach.
     this.idempotencyKey = options.idempotencyKey || randomKey();
@@ -277,10 +277,14 @@ export class ResponseStream {
     return Boolean((await response.json()).cancelled);
   }
 
+  /** Iterate right away: events are kept for iterators from the first call on. */
   [Symbol.asyncIterator]() {
+    if (this.queue === null) this.queue = [];
     return {
       next: () => {
-        if (this.queue.length > 0) return Promise.resolve({ value: this.queue.shift(), done: false });
+        if (this.queue.length > 0) {
+          return Promise.resolve({ value: this.queue.shift(), done: false });
+        }
         if (this.ended) return Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve) => this.waiters.push(resolve));
       },
@@ -463,9 +467,9 @@ export class ResponseStream {
         this.final = event;
         break;
     }
-    this.queue.push(event);
     const waiter = this.waiters.shift();
-    if (waiter) waiter({ value: this.queue.shift(), done: false });
+    if (waiter) waiter({ value: event, done: false });
+    else if (this.queue !== null) this.queue.push(event);
     o.onEvent?.(event);
     if (event.type === "done") {
       this.setState("done");
