@@ -53,10 +53,51 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return docs
 
 
+def _obj(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **optional},
+    }
+
+
+_STR, _INT, _TRUE = {"type": "string"}, {"type": "integer"}, {"const": True}
+_USAGE = _obj({"input_tokens": _INT, "output_tokens": _INT})
+# The `data` of each `tokens` event, one JSON object per event.
+TOKENS_EVENT_DATA: dict[str, Any] = {
+    "oneOf": [
+        _obj({"stream_id": _STR, "request_id": _STR, "model": _STR}),
+        _obj({"queued": _TRUE, "position": _INT}),
+        _obj({"token": _STR}),
+        _obj({"tool_use": _obj({"id": _STR, "name": _STR, "input": {"type": "object"}})}),
+        _obj({"reset": _TRUE, "reason": _STR}),
+        _obj(
+            {"done": _TRUE, "stop_reason": {"type": ["string", "null"]}, "usage": _USAGE},
+            cost_usd={"type": "number"},
+            cached={"type": "boolean"},
+        ),
+        _obj({"error": _STR, "code": _STR, "retryable": {"type": "boolean"}}),
+    ]
+}
+SSE_EVENT: dict[str, Any] = {
+    "description": "One SSE event: unnamed, `id: <stream_id>:<seq>`, JSON in `data`.",
+    **_obj(
+        {
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}:[0-9]+$"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": TOKENS_EVENT_DATA,
+            },
+        },
+        event={"const": "message"},
+        retry={"type": "integer", "minimum": 0},
+    ),
+}
 SSE_OK: dict[int | str, dict[str, Any]] = {
     "200": {
         "description": "A `text/event-stream` of `tokens` events (DESIGN §3.1).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     },
 }
 
