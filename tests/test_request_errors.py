@@ -46,6 +46,10 @@ BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str]] = [
      "Invalid messages.0.role: Input should be 'user' or 'assistant'"),
     ("assistant first", {"messages": [{"role": "assistant", "content": "x"}]},
      "The first message must have role 'user'"),
+    ("too many messages",
+     {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "m"}
+                   for i in range(201)]},
+     "Too many messages: at most 200"),
     ("prompt over the limit", {"prompt": "x" * 10_001},
      "Prompt is too long: 10001 characters, the limit is 10000"),
     ("messages over the limit",
