@@ -10,16 +10,14 @@ from starlette.middleware.cors import CORSMiddleware
 
 from tokenrelay import __version__
 from tokenrelay.auth.factory import build_authenticator
-from tokenrelay.auth.tickets import MemoryTickets, RedisTickets
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
-from tokenrelay.providers.registry import build_provider, build_store
+from tokenrelay.providers.registry import build_provider, build_store, build_tickets
 from tokenrelay.routes import errors, health, openapi, stream, web
 from tokenrelay.routes.limits import BodySizeLimit
 from tokenrelay.routes.security import SecurityHeaders
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
-from tokenrelay.streams.redis import RedisLog
 from tokenrelay.validation import Limits, RequestValidator
 
 CORS_REQUEST_HEADERS = [
@@ -57,9 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(manager.aclose)
             await manager.open()
             app.state.manager = manager
-            app.state.tickets = (
-                RedisTickets(store.client) if isinstance(store, RedisLog) else MemoryTickets()
-            )
+            app.state.tickets = build_tickets(settings, store)
             yield
 
     app = FastAPI(title="tokenrelay", version=__version__, lifespan=lifespan)

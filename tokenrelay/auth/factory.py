@@ -6,7 +6,6 @@ import ipaddress
 
 from tokenrelay.auth.api_keys import ApiKeyAuth
 from tokenrelay.auth.base import Authenticator, NoAuth
-from tokenrelay.auth.jwt_auth import JwtAuth, JwtSettings
 from tokenrelay.config import Settings
 
 
@@ -50,6 +49,9 @@ def build_authenticator(settings: Settings) -> Authenticator:
         inline = settings.api_keys.get_secret_value() if settings.api_keys else None
         return ApiKeyAuth.from_sources(settings.api_keys_file, inline)
     if settings.auth == "jwt":
+        # PyJWT brings cryptography (~10 MiB): only for the gateways that use it.
+        from tokenrelay.auth.jwt_auth import JwtAuth, JwtSettings
+
         public_key = (
             settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None
         )

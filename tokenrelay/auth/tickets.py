@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Protocol, cast
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Protocol, cast
 
 from tokenrelay.auth.base import Principal
 from tokenrelay.errors import AuthenticationFailed
 from tokenrelay.streams import keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 INVALID = "Invalid or expired ticket"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokenrelay.auth.tickets import MemoryTickets, TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.providers.base import Provider
 from tokenrelay.streams.log import StreamLog
@@ -32,3 +33,15 @@ def build_store(settings: Settings) -> StreamLog:
             max_connections=settings.redis_max_connections,
         )
     raise ValueError(f"Unknown store {settings.store!r}: use 'memory' or a redis:// URL")
+
+
+def build_tickets(settings: Settings, store: StreamLog) -> TicketStore:
+    """Tickets live beside the stream logs: in Redis when the logs are, so that an
+    `EventSource` reconnect may land on any instance."""
+    if settings.store == "memory":
+        return MemoryTickets()
+    from tokenrelay.auth.tickets import RedisTickets
+    from tokenrelay.streams.redis import RedisLog
+
+    assert isinstance(store, RedisLog)
+    return RedisTickets(store.client)
