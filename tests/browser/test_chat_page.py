@@ -84,7 +84,7 @@ async def test_answer_streams_in_growing_text_and_ends_with_the_simulators_text(
 async def test_connection_cut_mid_answer_shows_reconnecting_then_the_whole_text_once(
     browser: Browser, stack: Stack
 ) -> None:
-    words = unique("A long road [[sim:tokens=60]]")
+    words = unique("A long road [[sim:tokens=100]]")
     expected = await direct_text(stack.simulator, words)
     proxy = CuttingProxy(urlsplit(stack.gateway).port or 80)
     base = await proxy.start()
