@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 
 import pytest
 
@@ -16,7 +17,7 @@ from tokenrelay.dialects.tokens import (
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import Entry
+from tokenrelay.streams.log import Entry, encode
 from tokenrelay.streams.producer import RetryPolicy
 
 
@@ -81,3 +82,16 @@ async def test_tail_read_survives_a_push_right_after_its_timeout() -> None:
     # Block the loop so both timers fall due in the same iteration, timeout first.
     time.sleep(0.05)  # noqa: ASYNC251
     assert await reader == [entry]
+
+
+def test_log_payloads_take_their_own_size_not_a_serializer_buffer() -> None:
+    """Entries live for the stream's TTL: each must cost its bytes, not a 4 KiB buffer."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        payloads = [encode({"token": f"word {i}"}) for i in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert payloads[7] == b'{"token":"word 7"}'
+    assert held < 150 * 1000  # about 60 bytes each, plus the list

@@ -11,7 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 TERMINAL_KINDS = frozenset({"done", "error"})
+
+
+def encode(value: Any) -> bytes:
+    """JSON bytes of exactly their own size, for what a log keeps.
+
+    orjson returns its bytes inside the 4 KiB buffer it wrote them to, and the buffer
+    stays allocated as long as the result lives: a log of 100 `{"token": …}` entries
+    would hold 400 KiB. One copy (about 0.1 µs) makes it 60 bytes.
+    """
+    return b"%b" % orjson.dumps(value)
 
 
 class StreamTakenOver(Exception):

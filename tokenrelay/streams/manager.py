@@ -22,7 +22,7 @@ from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
 from tokenrelay.streams import keys
-from tokenrelay.streams.log import Entry, SharedStreamLog, StreamLog, StreamMeta
+from tokenrelay.streams.log import Entry, SharedStreamLog, StreamLog, StreamMeta, encode
 from tokenrelay.streams.producer import (
     ABANDONED,
     CANCELLED,
@@ -120,7 +120,7 @@ class StreamManager:
             fingerprint=body_fingerprint,
             created_at=time.time(),
             idempotency_key=idempotency_key,
-            request=orjson.dumps(dataclasses.asdict(request)) if self.shared else b"",
+            request=encode(dataclasses.asdict(request)) if self.shared else b"",
         )
         await self.log.create(meta)
         if self.shared is not None:

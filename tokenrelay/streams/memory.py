@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
-
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta
+from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta, encode
 
 
 class MemoryLog:
@@ -30,7 +28,7 @@ class MemoryLog:
         if tail.finished:
             raise RuntimeError(f"stream {stream_id} already ended")
         seq = len(tail.entries)
-        tail.push(Entry(seq, kind, orjson.dumps(data)))
+        tail.push(Entry(seq, kind, encode(data)))
         if kind in TERMINAL_KINDS:
             loop = asyncio.get_running_loop()
             self._expiry[stream_id] = loop.call_later(self._ttl, self._drop, stream_id)

@@ -19,14 +19,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.errors import StoreUnavailable
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta, StreamTakenOver
+from tokenrelay.streams.log import (
+    TERMINAL_KINDS,
+    Entry,
+    StreamMeta,
+    StreamTakenOver,
+    encode,
+)
 
 log = logging.getLogger("tokenrelay.redis")
 
@@ -169,7 +174,7 @@ class RedisLog:
 
     async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
         seq = self._next_seq[stream_id]
-        payload = orjson.dumps(data)
+        payload = encode(data)
         log_key = keys.log_key(stream_id)
         commands: list[tuple[Any, ...]] = [
             ("XADD", log_key, keys.entry_id(seq), "k", kind, "d", payload)
