@@ -89,7 +89,9 @@ async def stream_through(
     `then(instance producing the stream)`. Returns the events and that instance."""
     events: list[StreamEvent] = []
     serving = ""
-    async with TokenRelay(cluster.lb, max_reconnects=40) as relay:
+    # A stream stuck after a failure would otherwise send heartbeats forever: bound it
+    # (the answers here take seconds) so that a regression fails instead of hanging.
+    async with asyncio.timeout(120), TokenRelay(cluster.lb, max_reconnects=40) as relay:
         async for event in relay.stream(prompt):
             events.append(event)
             if len(events) == after:

@@ -251,6 +251,11 @@ class StreamManager:
 
     def _producer_done(self, stream_id: str) -> None:
         self._producers.pop(stream_id, None)
+        if self.shared is not None:
+            # Whether it finished, was handed over or lost the store, this process no
+            # longer writes the stream: its readers here must follow it in the store,
+            # where whoever takes it over will write.
+            self.shared.release(stream_id)
         timer = self._abandon_timers.pop(stream_id, None)
         if timer is not None:
             timer.cancel()
