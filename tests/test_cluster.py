@@ -214,3 +214,39 @@ async def test_cancel_reaches_the_instance_producing_the_stream(cluster: Cluster
     assert stats["disconnected"] == 1  # the upstream call really stopped
     tokens = sum(e.token is not None for e in head.events + tail.events)
     assert final["usage"]["output_tokens"] == tokens < 300
+
+
+async def test_readers_follow_a_stream_their_instance_lost_to_another(cluster: Cluster) -> None:
+    """Instance A produces a stream and serves its reader. Redis goes away, so A's
+    producer stops; while A is frozen, B takes the stream over once Redis is back. A's
+    reader must then be fed what B writes, not wait forever for A's own producer."""
+    a, b = cluster.gateways
+    prompt = unique("Lost and found [[sim:tokens=60]] [[sim:tps=20]]")
+    expected = await direct_text(cluster.simulator, prompt)
+
+    def lose_to_b(_: str) -> None:
+        cluster.redis.stop()
+        wait_for_text(a.log, "stream store lost mid-stream")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            cluster.redis.start()
+            wait_for_text(b.log, "taking over stream")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+
+    events: list[StreamEvent] = []
+    async with asyncio.timeout(120), TokenRelay(a.url, max_reconnects=40) as relay:
+        async for event in relay.stream(prompt):
+            events.append(event)
+            if len(events) == 6:
+                await asyncio.to_thread(lose_to_b, a.instance)
+    assert_whole(events, expected)
+    assert "taking over stream" not in a.log.read_text()
+
+
+def wait_for_text(log: Path, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text!r} not in {log.name}")
+        time.sleep(0.05)

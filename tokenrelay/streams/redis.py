@@ -206,8 +206,12 @@ class RedisLog:
         return seq
 
     def release(self, stream_id: str) -> None:
-        """This process stops writing the stream (handed over, or taken over)."""
+        """This process stops writing the stream (handed over, taken over, or it lost
+        the store): readers here now follow it in Redis, where its next writer writes."""
         self._next_seq.pop(stream_id, None)
+        tail = self._tails.get(stream_id)
+        if tail is not None and not tail.finished:
+            self._ensure_follower()
 
     # -- reading ---------------------------------------------------------------
 
