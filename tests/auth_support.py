@@ -37,6 +37,12 @@ def create_key(keys_file: Path, user: str) -> str:
     return out.stdout.strip()
 
 
+def api_key_auth(tmp: Path, user: str) -> tuple[list[str], str]:
+    """`serve` flags for API-key auth with one key made for `user`, and that key."""
+    keys_file = tmp / "keys.txt"
+    return ["--auth", "api_key", "--api-keys-file", str(keys_file)], create_key(keys_file, user)
+
+
 def claims(user: str, **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {"sub": user, "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600}

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.auth_support import create_key
+from tests.auth_support import api_key_auth
 from tests.conftest import Stack, run_stack
 from tests.proxy import CuttingProxy
 from tests.support import ROOT
@@ -66,9 +66,8 @@ def test_sync_client_yields_the_same_events(stack: Stack) -> None:
 
 @pytest.fixture
 def keyed_stack(tmp_path: Path) -> Iterator[tuple[Stack, str]]:
-    keys_file = tmp_path / "keys.txt"
-    key = create_key(keys_file, "alice")
-    with run_stack(tmp_path, "--auth", "api_key", "--api-keys-file", str(keys_file)) as stack:
+    args, key = api_key_auth(tmp_path, "alice")
+    with run_stack(tmp_path, *args) as stack:
         yield stack, key
 
 

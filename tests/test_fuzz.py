@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.auth_support import create_key
+from tests.auth_support import api_key_auth
 from tests.conftest import Stack, run_stack
 
 # Short answers keep the many generated valid requests quick.
@@ -26,9 +26,8 @@ FUZZ_ENV = {"TOKENRELAY_MAX_TOKENS_CEILING": "64", "TOKENRELAY_DEFAULT_MAX_TOKEN
 @pytest.fixture(scope="module")
 def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    keys_file = tmp / "keys.txt"
-    key = create_key(keys_file, "fuzzer")
-    with run_stack(tmp, "--auth", "api_key", "--api-keys-file", str(keys_file), **FUZZ_ENV) as s:
+    args, key = api_key_auth(tmp, "fuzzer")
+    with run_stack(tmp, *args, **FUZZ_ENV) as s:
         yield s, key
 
 

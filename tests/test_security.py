@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.auth_support import create_key
+from tests.auth_support import api_key_auth
 from tests.conftest import Stack, run_stack
 from tests.services import redis_server
 from tests.streams import read_stream, start
@@ -29,9 +29,7 @@ def ticket_gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
     tmp = tmp_path_factory.mktemp(f"tickets-{request.param}")
-    keys_file = tmp / "keys.txt"
-    key = create_key(keys_file, "alice")
-    args = ["--auth", "api_key", "--api-keys-file", str(keys_file)]
+    args, key = api_key_auth(tmp, "alice")
     if request.param == "memory":
         with run_stack(tmp, *args) as stack:
             yield stack, key
@@ -78,9 +76,7 @@ async def test_a_ticket_starts_one_stream_and_resumes_only_that_one(
 
 
 async def test_an_expired_ticket_is_refused(tmp_path: Path) -> None:
-    keys_file = tmp_path / "keys.txt"
-    key = create_key(keys_file, "alice")
-    args = ["--auth", "api_key", "--api-keys-file", str(keys_file)]
+    args, key = api_key_auth(tmp_path, "alice")
     with run_stack(tmp_path, *args, TOKENRELAY_TICKET_TTL="0") as stack:
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             ticket = (await client.post("/api/tickets", headers={"x-api-key": key})).json()

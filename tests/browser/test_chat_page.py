@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 from playwright.async_api import Browser
 
-from tests.auth_support import create_key
+from tests.auth_support import api_key_auth
 from tests.browser.conftest import WAIT_MS, ChatPage, chat_page, direct, stream_log
 from tests.conftest import Stack, run_stack
 from tests.proxy import CuttingProxy
@@ -297,9 +297,8 @@ async def test_event_source_path_streams_the_same_text(chat: ChatPage, stack: St
 async def test_with_auth_on_the_page_asks_for_a_key_and_sends_it_as_bearer(
     browser: Browser, tmp_path: Path
 ) -> None:
-    keys_file = tmp_path / "keys.txt"
-    key = create_key(keys_file, "alice")
-    with run_stack(tmp_path, "--auth", "api_key", "--api-keys-file", str(keys_file)) as stack:
+    args, key = api_key_auth(tmp_path, "alice")
+    with run_stack(tmp_path, *args) as stack:
         prompt = unique("Hello there [[sim:tokens=6]]")
         async with httpx.AsyncClient(base_url=stack.gateway) as client:
             refused = await client.post("/api/stream-response", json={"prompt": prompt})
