@@ -109,3 +109,21 @@ async def test_chat_takes_the_api_key_from_a_flag_or_the_environment(
     from_env = await asyncio.to_thread(run, chat, TOKENRELAY_API_KEY=key)
     assert from_env.returncode == 0, from_env.stderr
     assert from_env.stdout == expected
+
+
+def test_the_client_package_loads_without_the_server() -> None:
+    # A program that only talks to a gateway must not pay for FastAPI or the SDK.
+    probe = (
+        "import sys, tokenrelay.client, tokenrelay.client.chat, tokenrelay.client.bench\n"
+        "roots = {m.partition('.')[0] for m in sys.modules}\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tokenrelay.')))\n"
+        "print(sorted(roots & {'fastapi', 'starlette', 'uvicorn', 'anthropic', 'redis', 'jwt'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [
+        "['tokenrelay.client', 'tokenrelay.client.bench', 'tokenrelay.client.chat', "
+        "'tokenrelay.client.relay']",
+        "[]",
+    ]

@@ -103,7 +103,7 @@ def chat(
     """Ask a running gateway and print the answer as it streams."""
     import asyncio
 
-    from tokenrelay.chat import run_chat
+    from tokenrelay.client.chat import run_chat
 
     params = {"model": model, "max_tokens": max_tokens, "system": system}
     params = {k: v for k, v in params.items() if v is not None}
@@ -128,8 +128,8 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compare the gateway with a direct connection to the upstream, in one run."""
-    from tokenrelay.bench import BenchConfig
-    from tokenrelay.bench_run import run_bench
+    from tokenrelay.client.bench import BenchConfig
+    from tokenrelay.client.bench_run import run_bench
 
     config = BenchConfig(
         concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms, model=model

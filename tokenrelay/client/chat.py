@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from tokenrelay.client import TokenRelay, TokenRelayError
+from tokenrelay.client.relay import TokenRelay, TokenRelayError
 
 
 async def run_chat(

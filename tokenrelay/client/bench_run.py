@@ -18,7 +18,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from tokenrelay.bench import BenchConfig, Comparison, compare
+from tokenrelay.client.bench import BenchConfig, Comparison, compare
 
 
 def _free_port() -> int:
