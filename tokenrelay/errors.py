@@ -14,6 +14,11 @@
 
 Every leaf renders as Claude's error JSON before a stream starts (routes), and as a
 `{"error", "code", "retryable"}` event once a stream has started (producer).
+
+`ERROR_TYPES` is the one table from a bare HTTP status to Claude's `error.type`
+(ANTHROPIC-PROTOCOL.md §3), and `retryable_status` the one rule for which upstream
+statuses are worth another attempt; the leaves above pick their own type where the
+design says so (the gateway's 503 is `overloaded_error`, DESIGN §3.2).
 """
 
 from __future__ import annotations
@@ -21,6 +26,35 @@ from __future__ import annotations
 from typing import ClassVar
 
 import orjson
+
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    # Claude documents no type for 503; the simulator has always answered api_error.
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for(status: int) -> str:
+    """Claude's `error.type` for an HTTP status; `api_error` for one it does not name."""
+    return ERROR_TYPES.get(status, "api_error")
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an upstream HTTP error is worth another attempt: what the official SDK
+    retries (ANTHROPIC-PROTOCOL.md §4), so a gateway retry means what an SDK retry would."""
+    return status in (408, 409, 429) or status >= 500
 
 
 class GatewayError(Exception):

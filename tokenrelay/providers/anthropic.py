@@ -18,7 +18,7 @@ import httpx2
 import orjson
 
 from tokenrelay.config import Settings
-from tokenrelay.errors import UpstreamError, UpstreamIncomplete
+from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
 from tokenrelay.providers.base import (
     Delta,
     GenerationRequest,
@@ -29,7 +29,6 @@ from tokenrelay.providers.base import (
 )
 from tokenrelay.providers.sse_decode import sse_events
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 # The SDK's API version rejects temperature; this one keeps it (ANTHROPIC-PROTOCOL.md §1).
 SAMPLING_API_VERSION = "2023-06-01"
 
@@ -61,7 +60,7 @@ def map_sdk_errors() -> Iterator[None]:
             message,
             status=status,
             error_type=error_type,
-            retryable=status in RETRYABLE_STATUS or status >= 500,
+            retryable=retryable_status(status),
             retry_after=_retry_after(exc.response),
         ) from None
     except anthropic.APITimeoutError:

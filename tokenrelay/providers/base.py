@@ -15,7 +15,7 @@ A provider raises `UpstreamError` for a failure before the stream starts and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -75,7 +75,6 @@ class GenerationRequest:
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(Protocol):

@@ -1,4 +1,9 @@
-"""The `simulator` provider: the built-in simulator, in-process, no HTTP in between."""
+"""The `simulator` provider: the built-in simulator, in-process, no HTTP in between.
+
+It streams what `tokenrelay simulate` would send the `anthropic` provider, and breaks
+where that server would (`Plan.fault_at`), so both providers pass the same contract
+suite (tests/contracts).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenrelay.errors import UpstreamError, UpstreamIncomplete
+from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
 from tokenrelay.providers.base import (
     Delta,
     GenerationRequest,
@@ -17,15 +22,11 @@ from tokenrelay.providers.base import (
     ToolUse,
     Usage,
 )
-from tokenrelay.simulator.engine import Plan, SimError, Simulator
-
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator
 
 
 def request_body(request: GenerationRequest) -> dict[str, Any]:
-    body = {k: v for k, v in dataclasses.asdict(request).items() if v is not None}
-    body.pop("extra", None)
-    return body
+    return {k: v for k, v in dataclasses.asdict(request).items() if v is not None}
 
 
 class SimulatorProvider:
@@ -42,7 +43,7 @@ class SimulatorProvider:
                 exc.message,
                 status=exc.status,
                 error_type=exc.error_type,
-                retryable=exc.status in RETRYABLE_STATUS,
+                retryable=retryable_status(exc.status),
                 retry_after=exc.retry_after,
             ) from None
         start = time.monotonic()
@@ -54,13 +55,14 @@ class SimulatorProvider:
                 await asyncio.sleep(delay)
             yield text
         sent = len(plan.deltas)
-        if plan.tool is None:
-            _raise_fault(plan, sent, None)
-        else:
-            # Faults count the tool input's fragments too, as the server streams them.
-            for i in range(len(plan.tool.json_fragments())):
-                _raise_fault(plan, sent + i, "tool_use")
-            sent += len(plan.tool.json_fragments())
+        if plan.tool is not None:
+            # The tool input's fragments are deltas too, as the server streams them, but
+            # the block is yielded only whole, as the anthropic provider does at its stop.
+            for _ in plan.tool.json_fragments():
+                _raise_fault(plan, sent, "tool_use")
+                sent += 1
+        _raise_fault(plan, sent, None if plan.tool is None else "tool_use")
+        if plan.tool is not None:
             yield ToolUse(plan.tool.id, plan.tool.name, plan.tool.input)
         yield MessageEnd(plan.stop_reason, sent)
 
@@ -69,10 +71,13 @@ class SimulatorProvider:
 
 
 def _raise_fault(plan: Plan, sent: int, block: str | None) -> None:
-    if plan.error_after == sent:
+    """The in-process effect of a fault: the `UpstreamIncomplete` the anthropic provider
+    would raise on seeing it over HTTP."""
+    fault = plan.fault_at(sent)
+    if fault is Fault.ERROR:
         raise UpstreamIncomplete("Overloaded", error_type="overloaded_error", cut_block=block)
-    if plan.drop_after == sent:
+    if fault is Fault.DROP:
         raise UpstreamIncomplete("upstream connection dropped", cut_block=block)
-    if plan.stall_after == sent:
+    if fault is Fault.STALL:
         # In-process there is no socket to fall silent on: report the stall at once.
         raise UpstreamIncomplete("upstream stalled", cut_block=block)

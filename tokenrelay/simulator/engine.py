@@ -9,15 +9,17 @@ is exactly the rest.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from tokenrelay.errors import error_type_for
 from tokenrelay.pricing import ModelTable
 
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
@@ -48,29 +50,23 @@ WORDS = (
 
 
 class SimError(Exception):
-    """What Claude would answer with an HTTP error instead of a stream."""
+    """What Claude would answer with an HTTP error instead of a stream; the error type
+    follows from the status, as Claude's does."""
 
-    def __init__(
-        self, status: int, error_type: str, message: str, retry_after: int | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.error_type = error_type
+        self.error_type = error_type_for(status)
         self.message = message
         self.retry_after = retry_after
 
 
-STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "api_error",
-    529: "overloaded_error",
-}
+class Fault(enum.Enum):
+    """How an answer breaks; each runner turns it into its own effect."""
+
+    ERROR = "error"  # an `overloaded_error` event, then the stream ends
+    DROP = "drop"  # the connection is cut
+    STALL = "stall"  # silence: no event, not even a ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +97,23 @@ class Plan:
     error_after: int | None = None  # send an overloaded_error event after N deltas
     drop_after: int | None = None  # cut the connection after N deltas
     stall_after: int | None = None  # fall silent (no event, no ping) after N deltas
-    extra: dict[str, int] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
         return "".join(self.deltas)
+
+    def fault_at(self, sent: int) -> Fault | None:
+        """The fault due once `sent` deltas have gone out, before the next one or, after
+        the last, before the answer's end. Deltas count text and tool input fragments
+        alike, so a cut can land inside a tool_use block. Runners ask before every delta
+        and once at the end, and each turns the answer into its own effect."""
+        if self.error_after == sent:
+            return Fault.ERROR
+        if self.drop_after == sent:
+            return Fault.DROP
+        if self.stall_after == sent:
+            return Fault.STALL
+        return None
 
     def delay_before(self, index: int) -> float:
         """Seconds from the stream's start until delta `index` is due."""
@@ -165,18 +173,16 @@ class Simulator:
         """The answer to a Messages API request body; raises SimError for an HTTP error."""
         model, messages, max_tokens = _required(body)
         if model not in self.models:
-            raise SimError(404, "not_found_error", f"model: {model}")
+            raise SimError(404, f"model: {model}")
         directives = _directives(body)
         prefill: str | None = None
         if messages and messages[-1].get("role") == "assistant":
             prefill = _text_of(messages[-1].get("content"))
             if not self.models.accepts_prefill(model):
-                raise SimError(400, "invalid_request_error", PREFILL_REJECTED)
+                raise SimError(400, PREFILL_REJECTED)
             if prefill != prefill.rstrip():
                 raise SimError(
-                    400,
-                    "invalid_request_error",
-                    "messages: final assistant content cannot end with trailing whitespace",
+                    400, "messages: final assistant content cannot end with trailing whitespace"
                 )
             messages = messages[:-1]
         canonical: dict[str, Any] = {
@@ -194,8 +200,7 @@ class Simulator:
         status = directives.get("status")
         if faulty and status:
             retry_after = 1 if status in (429, 529) else None
-            error_type = STATUS_TYPES.get(status, "api_error")
-            raise SimError(status, error_type, f"Simulated {error_type}", retry_after)
+            raise SimError(status, f"Simulated {error_type_for(status)}", retry_after)
 
         count = directives.get("tokens", DEFAULT_TOKENS)
         tool_name = directives.get("tool")
@@ -242,14 +247,14 @@ class Simulator:
 def _required(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
     model, messages, max_tokens = body.get("model"), body.get("messages"), body.get("max_tokens")
     if not isinstance(model, str) or not model:
-        raise SimError(400, "invalid_request_error", "model: Field required")
+        raise SimError(400, "model: Field required")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise SimError(400, "invalid_request_error", "max_tokens: Field required")
+        raise SimError(400, "max_tokens: Field required")
     if not isinstance(messages, list) or not messages:
-        raise SimError(400, "invalid_request_error", "messages: Field required")
+        raise SimError(400, "messages: Field required")
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise SimError(400, "invalid_request_error", "messages: invalid message")
+            raise SimError(400, "messages: invalid message")
     return model, messages, max_tokens
 
 

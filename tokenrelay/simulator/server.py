@@ -23,7 +23,7 @@ import orjson
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from tokenrelay.simulator.engine import Plan, SimError, Simulator
+from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator
 
 # Versions of the API that refuse sampling parameters (ANTHROPIC-PROTOCOL.md §1).
 NO_SAMPLING_VERSIONS = frozenset({"2026-10-21"})
@@ -87,15 +87,12 @@ class SimulatorApp:
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
-                raise SimError(400, "invalid_request_error", "Request body must be a JSON object")
+                raise SimError(400, "Request body must be a JSON object")
             version = headers.get(b"anthropic-version", b"").decode()
             if version in NO_SAMPLING_VERSIONS:
                 for name in ("temperature", "top_p", "top_k"):
                     if name in body:
-                        raise SimError(
-                            400, "invalid_request_error",
-                            f"{name}: not supported by anthropic-version {version}",
-                        )  # fmt: skip
+                        raise SimError(400, f"{name}: not supported by anthropic-version {version}")
             plan = self.simulator.plan(body)
         except orjson.JSONDecodeError:
             self.stats.errors += 1
@@ -180,9 +177,8 @@ STALL = b"<stall>"
 
 
 def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
-    """Frames and due times (floats, monotonic) in order; DROP to cut the connection.
-    Faults count every delta, text and tool input alike, so a cut can land inside a
-    tool_use block."""
+    """Frames and due times (floats, monotonic) in order; DROP to cut the connection,
+    STALL to fall silent. The plan says where it breaks (`Plan.fault_at`)."""
     start = time.monotonic()
     message: dict[str, Any] = {
         "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
@@ -197,8 +193,8 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
     yield _frame("ping", {"type": "ping"})
     sent = 0
     for i, text in enumerate(plan.deltas):
-        if (fault := _fault_at(plan, sent)) is not None:
-            yield fault
+        if (fault := plan.fault_at(sent)) is not None:
+            yield _fault_frame(fault)
             return
         due = start + plan.delay_before(i)
         if due > time.monotonic():
@@ -206,26 +202,28 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         yield b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
               b'"delta":{"type":"text_delta","text":%b}}\n\n' % orjson.dumps(text)  # fmt: skip
         sent += 1
-    if plan.tool is None and (fault := _fault_at(plan, sent)) is not None:
-        yield fault
-        return
-    yield _frame("content_block_stop", {"type": "content_block_stop", "index": 0})
     if plan.tool is not None:
+        yield _frame("content_block_stop", {"type": "content_block_stop", "index": 0})
         block = {"type": "tool_use", "id": plan.tool.id, "name": plan.tool.name, "input": {}}
         yield _frame(
             "content_block_start",
             {"type": "content_block_start", "index": 1, "content_block": block},
         )
         for fragment in plan.tool.json_fragments():
-            if (fault := _fault_at(plan, sent)) is not None:
-                yield fault
+            if (fault := plan.fault_at(sent)) is not None:
+                yield _fault_frame(fault)
                 return
             yield _frame("content_block_delta", {
                 "type": "content_block_delta", "index": 1,
                 "delta": {"type": "input_json_delta", "partial_json": fragment},
             })  # fmt: skip
             sent += 1
-        yield _frame("content_block_stop", {"type": "content_block_stop", "index": 1})
+    # A fault after the last delta still lands inside the last block, before its stop.
+    if (fault := plan.fault_at(sent)) is not None:
+        yield _fault_frame(fault)
+        return
+    last_block = 0 if plan.tool is None else 1
+    yield _frame("content_block_stop", {"type": "content_block_stop", "index": last_block})
     yield _frame("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
@@ -234,23 +232,19 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
     yield _frame("message_stop", {"type": "message_stop"})
 
 
-def _fault_at(plan: Plan, sent: int) -> bytes | None:
-    """The fault due before delta number `sent`, if any."""
-    if plan.error_after == sent:
-        return _overloaded()
-    if plan.drop_after == sent:
-        return DROP
-    if plan.stall_after == sent:
-        return STALL
-    return None
-
-
 def _overloaded() -> bytes:
     return _frame("error", {
         "type": "error", "error": {"details": None, "type": "overloaded_error",
                                    "message": "Overloaded"},
         "request_id": "req_" + secrets.token_hex(12),
     })  # fmt: skip
+
+
+def _fault_frame(fault: Fault) -> bytes:
+    """What a fault puts on the wire: the error event, or a marker `_stream` acts on."""
+    if fault is Fault.ERROR:
+        return _overloaded()
+    return DROP if fault is Fault.DROP else STALL
 
 
 async def _sleep_until(due: float, gone: asyncio.Event) -> None:
