@@ -63,7 +63,9 @@ def map_sdk_errors() -> Iterator[None]:
             retryable=retryable_status(status),
             retry_after=_retry_after(exc.response),
         ) from None
-    except anthropic.APITimeoutError:
+    except (anthropic.APITimeoutError, httpx2.TimeoutException):
+        # The SDK wraps a timeout only while sending; one while reading the body (the
+        # per-chunk read timeout: a silent upstream) reaches us as httpx2's own.
         raise UpstreamIncomplete("upstream timed out (stalled)") from None
     except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
         raise UpstreamIncomplete(f"upstream connection failed: {type(exc).__name__}") from None

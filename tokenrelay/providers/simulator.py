@@ -80,4 +80,4 @@ def _raise_fault(plan: Plan, sent: int, block: str | None) -> None:
         raise UpstreamIncomplete("upstream connection dropped", cut_block=block)
     if fault is Fault.STALL:
         # In-process there is no socket to fall silent on: report the stall at once.
-        raise UpstreamIncomplete("upstream stalled", cut_block=block)
+        raise UpstreamIncomplete("upstream timed out (stalled)", cut_block=block)
