@@ -1,5 +1,6 @@
 """The simulator: deterministic text, directives, prefill; and its HTTP server, read by the
-official `anthropic` SDK over a real socket."""
+official `anthropic` SDK over a real socket. That the in-process provider streams what the
+server sends is the provider contract's business (tests/contracts)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import httpx2
 import pytest
 
 from tests.support import free_port, spawn
-from tokenrelay.providers.base import GenerationRequest, MessageEnd, MessageStart, ToolUse
-from tokenrelay.providers.simulator import SimulatorProvider
-from tokenrelay.simulator.engine import PREFILL_REJECTED, SimError, Simulator
+from tokenrelay.simulator.engine import PREFILL_REJECTED, Fault, SimError, Simulator
 
 
 def body(prompt: str, model: str = "claude-haiku-4-5", **extra: Any) -> dict[str, Any]:
@@ -31,6 +30,14 @@ def test_same_request_same_deltas_and_directives_do_not_change_the_text() -> Non
     assert faulty.deltas == plain.deltas and faulty.error_after == 3 and faulty.tps == 0
     assert sim.plan(body("Tell me a story", model="claude-sonnet-4-5")).text != plain.text
     assert plain.deltas[0][0].isupper() and all(d.startswith(" ") for d in plain.deltas[1:])
+
+
+def test_the_plan_names_the_fault_due_after_each_number_of_deltas() -> None:
+    faulty = "Breaks [[sim:error_after=2]] [[sim:drop_after=4]] [[sim:stall_after=6]]"
+    plan = Simulator().plan(body(f"{faulty} [[sim:tokens=6]]"))
+    faults = [plan.fault_at(sent) for sent in range(8)]
+    assert faults == [None, None, Fault.ERROR, None, Fault.DROP, None, Fault.STALL, None]
+    assert Simulator().plan(body("Clean [[sim:tokens=6]]")).fault_at(0) is None
 
 
 def test_echo_answers_with_the_prompt_itself_word_by_word() -> None:
@@ -116,7 +123,9 @@ async def sdk(simulator_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
     await client.close()
 
 
-async def test_sdk_streams_exactly_the_planned_text_and_usage(sdk: anthropic.AsyncAnthropic):
+async def test_sdk_streams_exactly_the_planned_text_and_usage(
+    sdk: anthropic.AsyncAnthropic,
+) -> None:
     prompt = "An SDK reads this [[sim:tokens=25]]"
     planned = Simulator().plan(body(prompt))
     texts: list[str] = []
@@ -205,24 +214,3 @@ def test_new_api_version_rejects_sampling_parameters(simulator_url: str) -> None
         json={**body("Hi [[sim:tokens=2]]"), "temperature": 0.5},
     )  # fmt: skip
     assert old.status_code == 200
-
-
-async def test_in_process_provider_matches_the_server(sdk: anthropic.AsyncAnthropic) -> None:
-    prompt = "Same either way [[sim:tokens=12]] [[sim:tool=find]]"
-    provider = SimulatorProvider(ttft_ms=0, tps=0)
-    request = GenerationRequest("claude-haiku-4-5", [{"role": "user", "content": prompt}], 1024)
-    deltas = [d async for d in provider.stream(request)]
-    assert isinstance(deltas[0], MessageStart) and isinstance(deltas[-1], MessageEnd)
-    async with sdk.messages.stream(
-        model="claude-haiku-4-5", max_tokens=1024, messages=[{"role": "user", "content": prompt}]
-    ) as stream:
-        texts = [t async for t in stream.text_stream]
-        message = await stream.get_final_message()
-    assert [d for d in deltas if isinstance(d, str)] == texts
-    tool = next(d for d in deltas if isinstance(d, ToolUse))
-    assert (tool.id, tool.name, tool.input) == (
-        message.content[1].id,
-        message.content[1].name,
-        message.content[1].input,  # type: ignore[union-attr]
-    )
-    assert deltas[-1] == MessageEnd("tool_use", message.usage.output_tokens)

@@ -136,9 +136,19 @@ async def test_max_tokens_below_the_length_stops_at_max_tokens(provider: Provide
 # -- HTTP errors before the stream ------------------------------------------------------
 
 
+# 408, 409, 429 and every 5xx are retried, as the official SDK retries them.
 @pytest.mark.parametrize(
     ("status", "error_type", "retry_after"),
-    [(429, "rate_limit_error", 1), (500, "api_error", None), (529, "overloaded_error", 1)],
+    [
+        (429, "rate_limit_error", 1),
+        (500, "api_error", None),
+        (529, "overloaded_error", 1),
+        (408, "api_error", None),
+        (409, "conflict_error", None),
+        (501, "api_error", None),
+        (503, "api_error", None),
+        (504, "timeout_error", None),
+    ],
 )
 async def test_status_directive_is_a_retryable_error_before_any_delta(
     provider: Provider, status: int, error_type: str, retry_after: int | None
