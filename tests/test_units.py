@@ -8,25 +8,96 @@ import tracemalloc
 
 import pytest
 
-from tokenrelay.dialects.tokens import (
-    event_id_prefix,
-    parse_last_event_id,
-    render_entries,
-    retry_field,
+from tokenrelay.dialects.tokens import TokensDialect, encode_event, parse_last_event_id
+from tokenrelay.errors import Overloaded
+from tokenrelay.events import (
+    Done,
+    Event,
+    Failed,
+    Queued,
+    Reset,
+    Start,
+    Text,
+    Thinking,
+    ToolInput,
+    ToolUse,
+    ToolUseStart,
 )
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import Entry, encode
+from tokenrelay.streams.log import Entry
 from tokenrelay.streams.producer import RetryPolicy
 
 
 def test_tokens_dialect_renders_a_batch_as_one_golden_chunk() -> None:
-    entries = [Entry(0, "start", b'{"stream_id":"s1"}'), Entry(1, "text", b'{"token":"Hi"}')]
-    assert render_entries(event_id_prefix("s1"), entries) == (
-        b'id: s1:0\ndata: {"stream_id":"s1"}\n\nid: s1:1\ndata: {"token":"Hi"}\n\n'
+    dialect = TokensDialect("s1", 3000)
+    entries = [Entry(0, Start("s1", "req_1", "claude-haiku-4-5")), Entry(1, Text("Hi"))]
+    assert dialect.render(entries) == (
+        b'retry: 3000\nid: s1:0\ndata: {"stream_id":"s1","request_id":"req_1",'
+        b'"model":"claude-haiku-4-5"}\n\nid: s1:1\ndata: {"token":"Hi"}\n\n'
     )
-    assert retry_field(3000) == b"retry: 3000\n"
+    # Only the first chunk of a response carries `retry:`.
+    assert dialect.render([Entry(2, Text(" there"))]) == b'id: s1:2\ndata: {"token":" there"}\n\n'
+    assert dialect.heartbeat == b": ping\n\n" and dialect.final == b""
+    assert dialect.error(Overloaded("Server shutting down")) == (
+        b'data: {"error":"Server shutting down","code":"overloaded","retryable":true}\n\n'
+    )
+
+
+USAGE = {"input_tokens": 12, "output_tokens": 230}
+
+
+@pytest.mark.parametrize(
+    ("event", "wire"),
+    [
+        (Start("s1", "req_1", "m"), b'{"stream_id":"s1","request_id":"req_1","model":"m"}'),
+        (Queued(3), b'{"queued":true,"position":3}'),
+        (Text('say "hi"\n'), b'{"token":"say \\"hi\\"\\n"}'),
+        (
+            ToolUseStart("toolu_1", "weather"),
+            b'{"tool_use_start":{"id":"toolu_1","name":"weather"}}',
+        ),
+        (ToolInput('{"city":"Pa'), b'{"tool_input":"{\\"city\\":\\"Pa"}'),
+        (
+            ToolUse("toolu_1", "weather", {"city": "Paris"}),
+            b'{"tool_use":{"id":"toolu_1","name":"weather","input":{"city":"Paris"}}}',
+        ),
+        (Thinking("hmm"), b'{"thinking":"hmm"}'),
+        (Reset(), b'{"reset":true,"reason":"upstream_error"}'),
+        (
+            Done("end_turn", USAGE, 0.0035),
+            b'{"done":true,"stop_reason":"end_turn","usage":{"input_tokens":12,'
+            b'"output_tokens":230},"cost_usd":0.0035,"cached":false}',
+        ),
+        (
+            Failed("Overloaded", "overloaded", True, USAGE, 0.0035),
+            b'{"error":"Overloaded","code":"overloaded","retryable":true,"usage":'
+            b'{"input_tokens":12,"output_tokens":230},"cost_usd":0.0035}',
+        ),
+    ],
+)
+def test_tokens_dialect_encodes_every_event_as_design_3_1_says(event: Event, wire: bytes) -> None:
+    assert encode_event(event) == wire
+
+
+def test_an_entry_is_encoded_once_per_dialect_however_many_readers() -> None:
+    calls: list[str] = []
+
+    def counting(name: str) -> object:
+        def encode(event: Event) -> bytes:
+            calls.append(name)
+            return name.encode()
+
+        return encode
+
+    entry = Entry(0, Text("a"))
+    tokens, other, third = counting("tokens"), counting("other"), counting("third")
+    for _ in range(100):
+        assert entry.encoded("tokens", tokens) == b"tokens"  # type: ignore[arg-type]
+        assert entry.encoded("other", other) == b"other"  # type: ignore[arg-type]
+        assert entry.encoded("third", third) == b"third"  # type: ignore[arg-type]
+    assert calls == ["tokens", "other", "third"]
 
 
 @pytest.mark.parametrize(
@@ -77,21 +148,23 @@ async def test_tail_read_survives_a_push_right_after_its_timeout() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.create_task(tail.read(-1, 0.01))
     await asyncio.sleep(0)  # the reader now waits, its timer set
-    entry = Entry(0, "text", b'{"token":"a"}')
+    entry = Entry(0, Text("a"))
     loop.call_later(0.011, tail.push, entry)
     # Block the loop so both timers fall due in the same iteration, timeout first.
     time.sleep(0.05)  # noqa: ASYNC251
     assert await reader == [entry]
 
 
-def test_log_payloads_take_their_own_size_not_a_serializer_buffer() -> None:
+def test_encoded_entries_take_their_own_size_not_a_serializer_buffer() -> None:
     """Entries live for the stream's TTL: each must cost its bytes, not a 4 KiB buffer."""
+    events: list[Event] = [Text(f"word {i}") for i in range(500)]
+    events += [Done("end_turn", {"input_tokens": i, "output_tokens": 1}, 0.1) for i in range(500)]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        payloads = [encode({"token": f"word {i}"}) for i in range(1000)]
+        payloads = [encode_event(event) for event in events]
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert payloads[7] == b'{"token":"word 7"}'
-    assert held < 150 * 1000  # about 60 bytes each, plus the list
+    assert held < 250 * 1000  # 50 to 120 bytes each, plus the list

@@ -13,7 +13,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from tokenrelay.app import create_app
+from tokenrelay.app import create_app, gateway_of
 from tokenrelay.config import Settings
 
 
@@ -24,9 +24,9 @@ class GatewayServer(uvicorn.Server):
         self.drain_timeout = drain_timeout
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        manager = getattr(self.app.state, "manager", None)
-        if manager is not None:
-            await manager.drain(self.drain_timeout)
+        gw = gateway_of(self.app)
+        if gw is not None:
+            await gw.manager.drain(self.drain_timeout)
         await super().shutdown(sockets)
         # uvicorn re-raises a captured SIGTERM after shutdown, which would make a clean,
         # complete shutdown exit with -15; the drain above is the answer to that signal.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import JSONResponse
+
+from tokenrelay.routes.deps import GatewayDep
 
 router = APIRouter()
 
@@ -18,9 +20,9 @@ async def healthz() -> JSONResponse:
     "/readyz",
     responses={"503": {"description": "Draining for shutdown, or the store is unreachable."}},
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(gw: GatewayDep) -> JSONResponse:
     """Ready for new streams: 503 while draining or when the store is unreachable."""
-    manager = request.app.state.manager
+    manager = gw.manager
     if manager.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     if not await manager.log.ping():

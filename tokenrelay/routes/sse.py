@@ -1,10 +1,10 @@
-"""A lean SSE response for pre-encoded frames.
+"""A lean SSE response for pre-encoded frames, and the frames of a stream in a dialect.
 
 Why not sse-starlette's EventSourceResponse: our frames are already encoded bytes
 (one JSON encoding per event, shared by every reader), a batch a slow reader missed
 must go out in one write, and heartbeats are only needed while the stream is idle,
-which the frame source knows (it yields b"" on an idle interval). That leaves one
-job for this class: send the frames, and notice a client that went away.
+which the manager knows (it yields an empty batch on an idle interval). That leaves
+one job for this class: send the frames, and notice a client that went away.
 
 uvicorn silently drops writes to a closed connection, so a watcher task reads
 `http.disconnect` and interrupts the sender, the way `asyncio.timeout` does: it
@@ -20,7 +20,9 @@ from collections.abc import AsyncIterator, Mapping
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from tokenrelay.dialects.tokens import PING
+from tokenrelay.dialects.base import Dialect
+from tokenrelay.errors import GatewayError, Overloaded
+from tokenrelay.streams.manager import StreamManager
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -55,7 +57,7 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
             async for chunk in self._frames:
-                await send({"type": "http.response.body", "body": chunk or PING, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone or sender.uncancel() > 0:
@@ -69,3 +71,27 @@ async def _close_frames(frames: AsyncIterator[bytes]) -> None:
     aclose = getattr(frames, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def stream_frames(
+    manager: StreamManager, stream_id: str, after: int, dialect: Dialect
+) -> AsyncIterator[bytes]:
+    """Every entry after `after` in `dialect`, a batch per write, heartbeats when idle.
+
+    A response that ends without the terminal event (the instance shuts down, the
+    store is unreachable) just ends: the client resumes from the last id it got, on
+    whichever instance answers. Any other gateway error is the dialect's error frame.
+    """
+    try:
+        async for entries in manager.follow(stream_id, after):
+            if not entries:
+                yield dialect.heartbeat
+                continue
+            chunk = dialect.render(entries)
+            if entries[-1].terminal and dialect.final:
+                chunk += dialect.final
+            yield chunk
+    except Overloaded:
+        return
+    except GatewayError as exc:
+        yield dialect.error(exc)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
 from tokenrelay import __version__
+from tokenrelay.routes.deps import GatewayDep
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -33,16 +34,15 @@ async def js_client() -> FileResponse:
 
 
 @router.get("/api/info")
-async def info(request: Request) -> JSONResponse:
+async def info(gw: GatewayDep) -> JSONResponse:
     """What a client needs before its first request: the auth mode and the models."""
-    settings = request.app.state.settings
-    validator = request.app.state.validator
+    settings = gw.settings
     return JSONResponse(
         {
             "version": __version__,
             "auth": settings.auth,
             "model": settings.model,
-            "models": sorted(validator.models.models),
+            "models": sorted(gw.models.models),
             "max_prompt_chars": settings.max_prompt_chars,
         }
     )

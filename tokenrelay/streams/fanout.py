@@ -38,10 +38,18 @@ class Tail:
         if entry.terminal:
             self.finished = True
         if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(True)
+            self._wake(True)
+
+    def wake(self) -> None:
+        """End every waiting read now, with whatever there is."""
+        if self._waiters:
+            self._wake(False)
+
+    def _wake(self, pushed: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(pushed)
 
     async def read(self, after: int, wait: float) -> list[Entry]:
         """Entries with `seq > after`; waits up to `wait` for one while the stream is open."""
@@ -52,11 +60,11 @@ class Tail:
         self._waiters.append(waiter)
         timer = loop.call_later(wait, _expire, waiter)
         try:
-            woken = await waiter
+            pushed = await waiter
         finally:
             timer.cancel()
-        if not woken and waiter in self._waiters:
-            # Timed out with nothing pushed. (A push right after the timer fired has
-            # already swapped the waiter list out: then there are entries to return.)
+        if not pushed and waiter in self._waiters:
+            # Timed out with nothing pushed. (A push or a wake right after the timer
+            # fired has already swapped the waiter list out.)
             self._waiters.remove(waiter)
         return self.entries[after + 1 :]

@@ -1,11 +1,21 @@
 """Every Redis key name and lifetime the gateway uses, in one place.
 
-tr:s:{id}:log      Redis Stream of the stream's events; entry id 0-{seq+1}, so XADD
-                   itself refuses a second writer of the same seq
-tr:s:{id}:meta     hash: owner, request, fingerprint, state
+tr:s:{id}:log      Redis Stream of the stream's normalized events (`tokenrelay.events`);
+                   entry id 0-{seq+1}, so XADD itself refuses a second writer of a seq.
+                   Fields of an entry:
+                     k  the event's kind: start, queued, text, tool_use_start,
+                        tool_input, tool_use, thinking, reset, done, error
+                     t  (text only) the delta's text, UTF-8: no JSON on the hot path
+                     d  (every other kind) the event's fields as a JSON object, e.g.
+                        done: {"stop_reason", "usage", "cost_usd", "cached"}
+tr:s:{id}:meta     hash: owner, request_id, model, fingerprint, created_at,
+                   idempotency_key, request (the GenerationRequest as JSON, for takeover)
 tr:s:{id}:lease    the instance producing the stream; expires unless renewed
+tr:s:{id}:seen     epoch seconds a reader of the stream was last seen, on any instance
 tr:idem:{owner}:{key}  "stream_id fingerprint" of an Idempotency-Key
+tr:ticket:{t}      owner of an unredeemed EventSource ticket; :stream once redeemed
 tr:running         set of stream ids whose producer has not finished
+tr:cancel          pub/sub channel: stream ids to cancel, wherever they run
 """
 
 from __future__ import annotations

@@ -1,44 +1,63 @@
 """The stream log seam: an append-only, per-stream list of events, read from an offset.
 
-Every entry carries `seq` (0, 1, 2, … per stream) and its `tokens`-dialect JSON,
-encoded once at append time and shared by every reader. A stream ends with exactly
-one terminal entry (`done` or `error`); nothing is appended after it.
+Every entry carries `seq` (0, 1, 2, … per stream) and one normalized event
+(`tokenrelay.events`). A stream ends with exactly one terminal entry (`Done` or
+`Failed`); nothing is appended after it. What an entry looks like on the wire is
+the dialects' business: each dialect encodes an entry at most once and keeps the
+bytes on it, however many readers follow the stream.
+
+What a store shares with other gateway processes (leases, takeover, remote cancel)
+is not here but behind `streams.cluster.Cluster`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol
 
-import orjson
-
-TERMINAL_KINDS = frozenset({"done", "error"})
-
-
-def encode(value: Any) -> bytes:
-    """JSON bytes of exactly their own size, for what a log keeps.
-
-    orjson returns its bytes inside the 4 KiB buffer it wrote them to, and the buffer
-    stays allocated as long as the result lives: a log of 100 `{"token": …}` entries
-    would hold 400 KiB. One copy (about 0.1 µs) makes it 60 bytes.
-    """
-    return b"%b" % orjson.dumps(value)
+from tokenrelay.events import TERMINAL_TYPES, Event
+from tokenrelay.providers.base import GenerationRequest
 
 
 class StreamTakenOver(Exception):
     """Another process now writes this stream; the local producer must stop quietly."""
 
 
-@dataclass(slots=True, frozen=True)
 class Entry:
-    seq: int
-    kind: str  # start | queued | text | tool_use | reset | done | error
-    payload: bytes  # the JSON object of the event, as sent in `data:`
+    """One log entry: its seq, its event, and the event's bytes in the dialects that
+    have rendered it (the first in two slots, any further one in a small dict)."""
+
+    __slots__ = ("_more", "_wire", "_wire_dialect", "event", "seq")
+
+    def __init__(self, seq: int, event: Event) -> None:
+        self.seq = seq
+        self.event = event
+        self._wire_dialect: str | None = None
+        self._wire = b""
+        self._more: dict[str, bytes] | None = None
 
     @property
     def terminal(self) -> bool:
-        return self.kind in TERMINAL_KINDS
+        return type(self.event) in TERMINAL_TYPES
+
+    def encoded(self, dialect: str, encode: Callable[[Event], bytes]) -> bytes:
+        """`encode(self.event)`, computed once per dialect and kept."""
+        if self._wire_dialect == dialect:
+            return self._wire
+        if self._wire_dialect is None:
+            self._wire_dialect, self._wire = dialect, encode(self.event)
+            return self._wire
+        more = self._more
+        if more is None:
+            more = self._more = {}
+        wire = more.get(dialect)
+        if wire is None:
+            wire = more[dialect] = encode(self.event)
+        return wire
+
+    def __repr__(self) -> str:
+        return f"Entry({self.seq}, {self.event!r})"
 
 
 @dataclass(slots=True)
@@ -50,7 +69,8 @@ class StreamMeta:
     fingerprint: str  # hash of the request body, for Idempotency-Key checks
     created_at: float
     idempotency_key: str | None = None
-    request: bytes = b""  # the GenerationRequest as JSON, for a takeover by another process
+    # What was asked, so that another process can take the stream over.
+    request: GenerationRequest | None = None
 
 
 class StreamLog(Protocol):
@@ -62,15 +82,19 @@ class StreamLog(Protocol):
         """The stream's metadata, or None if it is unknown or expired."""
         ...
 
-    async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
+    async def append(self, stream_id: str, event: Event) -> int:
         """Append one event and wake every waiting reader; returns its seq.
-        A terminal kind closes the stream and starts its `stream_ttl`."""
+        A terminal event closes the stream and starts its `stream_ttl`."""
         ...
 
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
         """Every entry with `seq > after`, in order. If there is none yet and the stream
-        is open, waits up to `wait` seconds for one and returns [] on time-out.
-        None if the stream is unknown or expired."""
+        is open, waits up to `wait` seconds for one and returns [] on time-out (or when
+        `wake_readers` is called). None if the stream is unknown or expired."""
+        ...
+
+    def wake_readers(self) -> None:
+        """End every waiting read now, as if its wait had timed out."""
         ...
 
     async def claim_idempotency_key(
@@ -86,47 +110,3 @@ class StreamLog(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-@runtime_checkable
-class SharedStreamLog(StreamLog, Protocol):
-    """A log shared by several gateway processes: producers hold leases, and a stream
-    whose producer died is adopted by another process."""
-
-    async def acquire_lease(self, stream_id: str, holder: str, ms: int) -> bool: ...
-
-    async def renew_leases(self, stream_ids: list[str], holder: str, ms: int) -> None: ...
-
-    async def release_lease(self, stream_id: str) -> None: ...
-
-    async def orphaned_streams(self) -> list[str]:
-        """Running streams whose producer's lease has expired."""
-        ...
-
-    async def adopt(self, stream_id: str) -> list[Entry]:
-        """Continue writing a stream another process started; returns its entries."""
-        ...
-
-    def release(self, stream_id: str) -> None:
-        """This process stops writing the stream."""
-        ...
-
-    async def forget(self, stream_id: str) -> None:
-        """Stop tracking a running stream that can never be continued."""
-        ...
-
-    async def touch_reader(self, stream_id: str) -> None:
-        """Note that a reader somewhere is following the stream."""
-        ...
-
-    async def publish_cancel(self, stream_id: str) -> bool:
-        """Ask whichever process produces the stream to cancel it; True if one is."""
-        ...
-
-    def on_cancel(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(stream_id)` when any process asks for a cancel."""
-        ...
-
-    async def last_reader_seen(self, stream_id: str) -> float | None:
-        """When a reader last followed the stream (epoch seconds), in any process."""
-        ...

@@ -1,28 +1,29 @@
 """StreamManager: creates streams, runs their producers, attaches readers, cancels,
-drains, and (with a shared store) hands streams over between processes.
+abandons, and drains.
 
-Knows nothing of HTTP. Drain state and every producer task live here, so the server
-can stop them in order.
+Knows nothing of HTTP, nor of other instances: what is shared with them (leases,
+takeover, hand-over, remote cancel) goes through `self.cluster`. Drain state and
+every task the manager starts live here, so the server can stop them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-
-import orjson
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
+from tokenrelay.events import Start
+from tokenrelay.observability.logfmt import log_event
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
-from tokenrelay.streams import keys
-from tokenrelay.streams.log import Entry, SharedStreamLog, StreamLog, StreamMeta, encode
+from tokenrelay.streams.cluster import Cluster
+from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
 from tokenrelay.streams.producer import (
     ABANDONED,
     CANCELLED,
@@ -36,7 +37,7 @@ from tokenrelay.streams.producer import (
 
 log = logging.getLogger("tokenrelay.streams")
 
-# How often a reader tells a shared store it is still there (for abandonment).
+# How often a reader tells the cluster it is still there (for abandonment).
 READER_TOUCH_S = 5.0
 
 
@@ -53,8 +54,6 @@ def fingerprint(body: bytes) -> str:
 class StreamTimings:
     heartbeat_interval: float = 15.0
     abandon_after: float = 60.0
-    lease_ms: int = keys.LEASE_MS
-    takeover_scan: float = keys.TAKEOVER_SCAN_S
 
 
 class StreamManager:
@@ -62,13 +61,14 @@ class StreamManager:
         self,
         *,
         log: StreamLog,
+        cluster: Cluster,
         provider: Provider,
         models: ModelTable,
         retry: RetryPolicy,
         timings: StreamTimings,
     ) -> None:
         self.log = log
-        self.shared: SharedStreamLog | None = log if isinstance(log, SharedStreamLog) else None
+        self.cluster = cluster
         self.provider = provider
         self.models = models
         self._retry = retry
@@ -77,14 +77,12 @@ class StreamManager:
         self._producers: dict[str, tuple[Producer, asyncio.Task[None]]] = {}
         self._readers: dict[str, int] = {}
         self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
-        self._maintenance: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self._readers_closed = False
 
     async def open(self) -> None:
-        """Start the background work a shared store needs: lease renewal and takeover."""
-        if self.shared is not None:
-            self.shared.on_cancel(self._cancel_requested)
-            self._maintenance = asyncio.create_task(self._maintain(), name="stream-maintenance")
+        await self.cluster.open(self)
 
     # -- starting and following ---------------------------------------------------
 
@@ -98,7 +96,7 @@ class StreamManager:
         idempotency_key: str | None = None,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key, find it); returns its id.
-        The `start` event is in the log before this returns."""
+        The `Start` event is in the log before this returns."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -120,13 +118,11 @@ class StreamManager:
             fingerprint=body_fingerprint,
             created_at=time.time(),
             idempotency_key=idempotency_key,
-            request=encode(dataclasses.asdict(request)) if self.shared else b"",
+            request=request,
         )
         await self.log.create(meta)
-        if self.shared is not None:
-            await self.shared.acquire_lease(stream_id, self.instance_id, self._timings.lease_ms)
-        start = {"stream_id": stream_id, "request_id": request_id, "model": request.model}
-        await self.log.append(stream_id, "start", start)
+        await self.cluster.claim(stream_id)
+        await self.log.append(stream_id, Start(stream_id, request_id, request.model))
         self._spawn(stream_id, request, None)
         return stream_id
 
@@ -156,29 +152,33 @@ class StreamManager:
     async def follow(self, stream_id: str, after: int) -> AsyncIterator[list[Entry]]:
         """Batches of entries with `seq > after`, as they arrive, until the terminal one.
         An empty batch means nothing arrived for `heartbeat_interval` (time for a ping).
-        While anyone follows a stream it is not abandoned."""
+        While anyone follows a stream it is not abandoned. Ends early, without the
+        terminal entry, when this instance shuts down: the reader resumes elsewhere."""
         self._attach(stream_id)
         try:
             # The first read does not wait, so a response starts with what is there.
             wait = 0.0
             read = self.log.read
-            shared = self.shared
             touched = 0.0
             while True:
                 entries = await read(stream_id, after, wait)
                 wait = self._timings.heartbeat_interval
                 if entries is None:  # expired while we were reading
                     return
-                yield entries
                 if entries:
+                    yield entries
                     last = entries[-1]
                     if last.terminal:
                         return
                     after = last.seq
-                if shared is not None and time.monotonic() - touched > READER_TOUCH_S:
-                    # The producer may run in another process: tell it somebody reads.
+                elif not self._readers_closed:
+                    yield entries
+                if self._readers_closed:
+                    return
+                if time.monotonic() - touched > READER_TOUCH_S:
+                    # The producer may run on another instance: tell it somebody reads.
                     touched = time.monotonic()
-                    await shared.touch_reader(stream_id)
+                    await self.cluster.reader_alive(stream_id)
         finally:
             self._detach(stream_id)
 
@@ -188,13 +188,7 @@ class StreamManager:
         await self.lookup(stream_id, owner)
         if self._stop(stream_id, CANCELLED):
             return True
-        if self.shared is not None:
-            return await self.shared.publish_cancel(stream_id)
-        return False
-
-    def _cancel_requested(self, stream_id: str) -> None:
-        """Another process asked to cancel a stream; stop it if it runs here."""
-        self._stop(stream_id, CANCELLED)
+        return await self.cluster.cancel_elsewhere(stream_id)
 
     def _stop(self, stream_id: str, reason: StopReason) -> bool:
         running = self._producers.get(stream_id)
@@ -203,6 +197,31 @@ class StreamManager:
         producer, task = running
         producer.stop_reason = reason
         return task.cancel()
+
+    # -- what the cluster asks of this instance ---------------------------------------
+
+    def local_streams(self) -> list[str]:
+        return list(self._producers)
+
+    def cancel_local(self, stream_id: str) -> None:
+        self._stop(stream_id, CANCELLED)
+
+    def continue_stream(self, meta: StreamMeta, entries: list[Entry]) -> None:
+        assert meta.request is not None
+        answer = Answer.from_entries(entries)
+        log_event(
+            log, "takeover", level=logging.WARNING, stream_id=meta.stream_id,
+            events=len(entries), chars=len(answer.text),
+        )  # fmt: skip
+        self._spawn(meta.stream_id, meta.request, answer)
+
+    async def stop_for_handover(self) -> list[str]:
+        handed = list(self._producers)
+        tasks = [task for _, task in self._producers.values()]
+        for stream_id in handed:
+            self._stop(stream_id, HANDED_OVER)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return handed
 
     # -- abandonment ---------------------------------------------------------------
 
@@ -230,32 +249,32 @@ class StreamManager:
 
     def _abandon(self, stream_id: str) -> None:
         self._abandon_timers.pop(stream_id, None)
-        if self.shared is None:
-            self._give_up(stream_id)
-        else:
-            task = asyncio.create_task(self._abandon_unless_read_elsewhere(stream_id))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._run(self._abandon_unless_read_elsewhere(stream_id))
 
     async def _abandon_unless_read_elsewhere(self, stream_id: str) -> None:
-        assert self.shared is not None
-        seen = await self.shared.last_reader_seen(stream_id)
+        abandon_after = self._timings.abandon_after
+        try:
+            seen = await self.cluster.last_read_elsewhere(stream_id)
+        except Overloaded:  # the store is unreachable: look again later
+            self._arm_abandon(stream_id)
+            return
         idle = time.time() - seen if seen is not None else float("inf")
-        if idle < self._timings.abandon_after:
-            self._arm_abandon(stream_id, after=self._timings.abandon_after - idle)
-        else:
-            self._give_up(stream_id)
+        if idle < abandon_after:
+            self._arm_abandon(stream_id, after=abandon_after - idle)
+        elif self._stop(stream_id, ABANDONED):
+            log_event(log, "stream_abandoned", stream_id=stream_id)
 
-    def _give_up(self, stream_id: str) -> None:
-        log.info("stream abandoned: stream=%s", stream_id)
-        self._stop(stream_id, ABANDONED)
+    def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the manager owns (cancelled by `aclose`)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _producer_done(self, stream_id: str) -> None:
         self._producers.pop(stream_id, None)
-        if self.shared is not None:
-            # Whether it finished, was handed over or lost the store, this process no
-            # longer writes the stream: its readers here must follow it in the store,
-            # where whoever takes it over will write.
-            self.shared.release(stream_id)
+        # Whether it finished, was handed over or lost the store, this instance no
+        # longer writes the stream.
+        self.cluster.producer_ended(stream_id)
         timer = self._abandon_timers.pop(stream_id, None)
         if timer is not None:
             timer.cancel()
@@ -264,85 +283,37 @@ class StreamManager:
     def active_streams(self) -> int:
         return len(self._producers)
 
-    # -- shared store: leases and takeover -------------------------------------------
-
-    async def _maintain(self) -> None:
-        assert self.shared is not None
-        renew_every = self._timings.lease_ms / 3000
-        next_scan = 0.0
-        while True:
-            try:
-                await self.shared.renew_leases(
-                    list(self._producers), self.instance_id, self._timings.lease_ms
-                )
-                if not self.draining and time.monotonic() >= next_scan:
-                    next_scan = time.monotonic() + self._timings.takeover_scan
-                    for stream_id in await self.shared.orphaned_streams():
-                        await self._take_over(stream_id)
-            except Overloaded as exc:  # the store is unreachable: try again shortly
-                log.warning("stream maintenance failed: %s", exc.message)
-            await asyncio.sleep(renew_every)
-
-    async def _take_over(self, stream_id: str) -> None:
-        assert self.shared is not None
-        if stream_id in self._producers:
-            return
-        if not await self.shared.acquire_lease(stream_id, self.instance_id, self._timings.lease_ms):
-            return  # another process was quicker
-        meta = await self.log.meta(stream_id)
-        if meta is None or not meta.request:
-            await self.shared.forget(stream_id)
-            await self.shared.release_lease(stream_id)
-            return
-        entries = await self.shared.adopt(stream_id)
-        if entries and entries[-1].terminal:
-            await self.shared.forget(stream_id)
-            self.shared.release(stream_id)
-            return
-        request = GenerationRequest(**orjson.loads(meta.request))
-        answer = Answer.from_entries(entries)
-        log.warning(
-            "taking over stream: stream=%s events=%d chars=%d",
-            stream_id, len(entries), len(answer.text),
-        )  # fmt: skip
-        self._spawn(stream_id, request, answer)
-
     # -- shutdown ------------------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
-        """Refuse new streams; let running ones finish for up to `grace` seconds (with
-        a shared store, hand them to another process at once); end the rest with the
-        retryable `shutdown` error."""
+        """Refuse new streams; hand running ones to another instance at once if the
+        cluster can, else let them finish for up to `grace` seconds; end the rest
+        with the retryable `shutdown` error, then end every reader still attached."""
         self.draining = True
-        if self.shared is not None:
-            await self._hand_over()
+        handed = await self.cluster.hand_over()
+        if handed:
+            log_event(log, "handover", count=handed)
         tasks = [task for _, task in self._producers.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await self.aclose()
 
-    async def _hand_over(self) -> None:
-        assert self.shared is not None
-        handed = list(self._producers)
-        tasks = [task for _, task in self._producers.values()]
-        for stream_id in handed:
-            self._stop(stream_id, HANDED_OVER)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for stream_id in handed:
-            self.shared.release(stream_id)
-            with contextlib.suppress(Overloaded):
-                await self.shared.release_lease(stream_id)
-        if handed:
-            log.info("handed %d streams over to other instances", len(handed))
-
     async def aclose(self) -> None:
-        """Stop every producer; their streams end with the retryable `shutdown` error."""
+        """Stop every producer (their streams end with the retryable `shutdown` error)
+        and every task of the manager's, and end the readers still attached."""
         self.draining = True
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
         tasks = [task for _, task in self._producers.values()]
         for stream_id in list(self._producers):
             self._stop(stream_id, SHUTDOWN)
         await asyncio.gather(*tasks, return_exceptions=True)
+        for timer in self._abandon_timers.values():
+            timer.cancel()
+        self._abandon_timers.clear()
+        owned = list(self._tasks)
+        for task in owned:
+            task.cancel()
+        await asyncio.gather(*owned, return_exceptions=True)
+        # Whoever still reads follows a stream produced elsewhere (or handed over):
+        # their responses end now, and their clients resume on another instance.
+        self._readers_closed = True
+        self.log.wake_readers()

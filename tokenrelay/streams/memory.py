@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+from tokenrelay.events import TERMINAL_TYPES, Event
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import TERMINAL_KINDS, Entry, StreamMeta, encode
+from tokenrelay.streams.log import Entry, StreamMeta
 
 
 class MemoryLog:
@@ -23,13 +23,13 @@ class MemoryLog:
         stream = self._streams.get(stream_id)
         return stream[0] if stream else None
 
-    async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
+    async def append(self, stream_id: str, event: Event) -> int:
         tail = self._streams[stream_id][1]
         if tail.finished:
             raise RuntimeError(f"stream {stream_id} already ended")
         seq = len(tail.entries)
-        tail.push(Entry(seq, kind, encode(data)))
-        if kind in TERMINAL_KINDS:
+        tail.push(Entry(seq, event))
+        if type(event) in TERMINAL_TYPES:
             loop = asyncio.get_running_loop()
             self._expiry[stream_id] = loop.call_later(self._ttl, self._drop, stream_id)
         return seq
@@ -39,6 +39,10 @@ class MemoryLog:
         if stream is None:
             return None
         return await stream[1].read(after, wait)
+
+    def wake_readers(self) -> None:
+        for _, tail in self._streams.values():
+            tail.wake()
 
     async def claim_idempotency_key(
         self, scope: str, key: str, stream_id: str, fingerprint: str

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
-
+from tokenrelay import events
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
+from tokenrelay.observability.logfmt import log_event, logfmt
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import (
     GenerationRequest,
@@ -40,7 +41,7 @@ from tokenrelay.streams.log import Entry, StreamLog, StreamTakenOver
 
 log = logging.getLogger("tokenrelay.producer")
 
-RESET = {"reset": True, "reason": "upstream_error"}
+RESET = events.Reset("upstream_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +85,13 @@ class Answer:
     parts: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_entries(cls, entries: list[Entry]) -> Answer:
+    def from_entries(cls, entries: Iterable[Entry]) -> Answer:
         answer = cls()
         for entry in entries:
-            if entry.kind == "text":
-                answer.parts.append(orjson.loads(entry.payload)["token"])
-            elif entry.kind == "reset":
+            event = entry.event
+            if type(event) is events.Text:
+                answer.parts.append(event.text)
+            elif type(event) is events.Reset:
                 answer.parts.clear()
         return answer
 
@@ -106,16 +108,7 @@ def continuation_request(request: GenerationRequest, so_far: str) -> GenerationR
         messages[-1] = {"role": "assistant", "content": (last["content"] + so_far).rstrip()}
     else:
         messages.append({"role": "assistant", "content": so_far.rstrip()})
-    return GenerationRequest(
-        model=request.model,
-        messages=messages,
-        max_tokens=request.max_tokens,
-        system=request.system,
-        temperature=request.temperature,
-        stop_sequences=request.stop_sequences,
-        tools=request.tools,
-        metadata=request.metadata,
-    )
+    return dataclasses.replace(request, messages=messages)
 
 
 def _rejects_prefill(exc: UpstreamError) -> bool:
@@ -163,13 +156,13 @@ class Producer:
                     await self._finish_error(reason.message, reason.code, reason.retryable)
             raise
         except StreamTakenOver:
-            log.info("stream taken over elsewhere: stream=%s", self.stream_id)
+            log_event(log, "taken_over_elsewhere", stream_id=self.stream_id)
         except StoreUnavailable as exc:
             # Nothing more can be logged; the lease lapses and the stream is taken over
             # (by this process or another) once the store is back.
-            log.warning("stream store lost mid-stream: stream=%s %s", self.stream_id, exc)
+            log_event(log, "store_lost", level=logging.WARNING, stream_id=self.stream_id, error=exc)
         except Exception:
-            log.exception("producer failed: stream=%s", self.stream_id)
+            log.exception(logfmt("producer_failed", {"stream_id": self.stream_id}))
             await self._finish_error("Internal gateway error", "internal", True)
 
     async def _generate(self) -> None:
@@ -190,6 +183,7 @@ class Producer:
     async def _attempt(self, request: GenerationRequest, skip: int) -> bool:
         """One upstream attempt; True when it reached message_stop."""
         append = self._log.append
+        text = events.Text
         sid = self.stream_id
         parts = self._answer.parts
         usage = Usage()
@@ -208,13 +202,12 @@ class Producer:
                         skip = 0
                     self._attempt_deltas += 1
                     parts.append(delta)
-                    await append(sid, "text", {"token": delta})
+                    await append(sid, text(delta))
                 elif isinstance(delta, MessageStart):
                     usage = delta.usage
                 elif isinstance(delta, ToolUse):
                     self._attempt_deltas += 1
-                    tool = {"id": delta.id, "name": delta.name, "input": delta.input}
-                    await append(sid, "tool_use", {"tool_use": tool})
+                    await append(sid, events.ToolUse(delta.id, delta.name, delta.input))
                 elif isinstance(delta, MessageEnd):
                     usage.output_tokens = delta.output_tokens
                     stop_reason, ended = delta.stop_reason, True
@@ -245,9 +238,9 @@ class Producer:
                 await self._finish_error(exc.message, exc.code, True)
                 return False
             self.retries += 1
-            log.warning(
-                "upstream attempt failed, retrying: stream=%s retry=%d in=%.2fs error=%s %s",
-                sid, self.retries, wait, exc.status, exc.error_type,
+            log_event(
+                log, "upstream_retry", level=logging.WARNING, stream_id=sid,
+                retry=self.retries, delay_s=wait, status=exc.status, error_type=exc.error_type,
             )  # fmt: skip
             await asyncio.sleep(wait)
             return True
@@ -266,36 +259,32 @@ class Producer:
             return False
         if not self._models.accepts_prefill(self.request.model):
             return await self._restart(exc)
-        log.warning(
-            "upstream stream failed mid-answer, continuing by prefill: stream=%s attempt=%d "
-            "chars=%d error=%s",
-            sid, self.continuations, len(self._answer.text), exc.error_type,
+        log_event(
+            log, "continuation", level=logging.WARNING, stream_id=sid, mode="prefill",
+            attempt=self.continuations, chars=len(self._answer.text), error_type=exc.error_type,
         )  # fmt: skip
         return True
 
     async def _restart(self, exc: UpstreamError) -> bool:
-        log.warning(
-            "upstream stream failed mid-answer, restarting with reset: stream=%s error=%s",
-            self.stream_id, exc.error_type,
+        log_event(
+            log, "reset", level=logging.WARNING, stream_id=self.stream_id,
+            error_type=exc.error_type,
         )  # fmt: skip
         self._answer.parts.clear()
-        await self._log.append(self.stream_id, "reset", RESET)
+        await self._log.append(self.stream_id, RESET)
         return True
 
-    def _accounting(self) -> dict[str, Any]:
-        return {
-            "usage": self.usage.as_dict(),
-            "cost_usd": self._models.cost_usd(self.request.model, self.usage),
-        }
+    def _cost_usd(self) -> float:
+        return self._models.cost_usd(self.request.model, self.usage)
 
     async def _finish_done(self, stop_reason: str | None) -> None:
         self.finished = True
-        data = {"done": True, "stop_reason": stop_reason, **self._accounting(), "cached": False}
-        await self._log.append(self.stream_id, "done", data)
+        done = events.Done(stop_reason, self.usage.as_dict(), self._cost_usd())
+        await self._log.append(self.stream_id, done)
 
     async def _finish_error(self, message: str, code: str, retryable: bool) -> None:
         if self.finished:
             return
         self.finished = True
-        data = {"error": message, "code": code, "retryable": retryable, **self._accounting()}
-        await self._log.append(self.stream_id, "error", data)
+        failed = events.Failed(message, code, retryable, self.usage.as_dict(), self._cost_usd())
+        await self._log.append(self.stream_id, failed)

@@ -14,24 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.errors import StoreUnavailable
+from tokenrelay.events import TERMINAL_TYPES, Event, Text, event_fields, event_from
+from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import (
-    TERMINAL_KINDS,
-    Entry,
-    StreamMeta,
-    StreamTakenOver,
-    encode,
-)
+from tokenrelay.streams.log import Entry, StreamMeta, StreamTakenOver
 
 log = logging.getLogger("tokenrelay.redis")
 
@@ -54,6 +52,7 @@ def store_errors() -> Iterator[None]:
 
 
 def _meta_fields(meta: StreamMeta) -> dict[str, str | bytes]:
+    request = meta.request
     return {
         "owner": meta.owner,
         "request_id": meta.request_id,
@@ -61,11 +60,12 @@ def _meta_fields(meta: StreamMeta) -> dict[str, str | bytes]:
         "fingerprint": meta.fingerprint,
         "created_at": repr(meta.created_at),
         "idempotency_key": meta.idempotency_key or "",
-        "request": meta.request,
+        "request": orjson.dumps(dataclasses.asdict(request)) if request else b"",
     }
 
 
 def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
+    request = h.get(b"request")
     return StreamMeta(
         stream_id=stream_id,
         owner=h[b"owner"].decode(),
@@ -74,12 +74,24 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         fingerprint=h[b"fingerprint"].decode(),
         created_at=float(h[b"created_at"]),
         idempotency_key=h[b"idempotency_key"].decode() or None,
-        request=h.get(b"request", b""),
+        request=GenerationRequest(**orjson.loads(request)) if request else None,
     )
 
 
+def _entry_fields(event: Event) -> tuple[str | bytes, ...]:
+    """An event as the fields of its log entry (the schema is in `keys`)."""
+    if type(event) is Text:
+        return ("k", "text", "t", event.text)
+    return ("k", event.kind, "d", orjson.dumps(event_fields(event)))
+
+
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
-    return Entry(keys.seq_of(entry_id), fields[b"k"].decode(), fields[b"d"])
+    kind = fields[b"k"]
+    if kind == b"text":
+        event: Event = Text(fields[b"t"].decode())
+    else:
+        event = event_from(kind.decode(), orjson.loads(fields[b"d"]))
+    return Entry(keys.seq_of(entry_id), event)
 
 
 class _WriteBatcher:
@@ -120,6 +132,13 @@ class _WriteBatcher:
         finally:
             self._task = None
 
+    async def aclose(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
 
 class RedisLog:
     def __init__(self, url: str, stream_ttl: float, *, max_connections: int = 16) -> None:
@@ -132,18 +151,21 @@ class RedisLog:
         follow_pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=2, timeout=5, socket_connect_timeout=2
         )
-        self._follow_redis = aioredis.Redis(connection_pool=follow_pool)
+        self.blocking_client = aioredis.Redis(connection_pool=follow_pool)
         self._writes = _WriteBatcher(self._redis)
         self._tails: dict[str, Tail] = {}
         self._next_seq: dict[str, int] = {}  # the streams this process writes
         self._follower: asyncio.Task[None] | None = None
-        self._cancel_listener: asyncio.Task[None] | None = None
-        self._cancel_callback: Callable[[str], None] | None = None
 
     @property
     def client(self) -> aioredis.Redis:
-        """The bounded pool, for other shared state (tickets) of this process."""
+        """The bounded pool, for other shared state (leases, tickets) of this process."""
         return self._redis
+
+    async def submit(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run commands in the next write pipeline, with every other writer's."""
+        with store_errors():
+            return await self._writes.submit(commands)
 
     # -- writing ---------------------------------------------------------------
 
@@ -172,14 +194,14 @@ class RedisLog:
                 tail.push(entry)
         return entries
 
-    async def append(self, stream_id: str, kind: str, data: dict[str, Any]) -> int:
+    async def append(self, stream_id: str, event: Event) -> int:
         seq = self._next_seq[stream_id]
-        payload = encode(data)
         log_key = keys.log_key(stream_id)
+        terminal = type(event) in TERMINAL_TYPES
         commands: list[tuple[Any, ...]] = [
-            ("XADD", log_key, keys.entry_id(seq), "k", kind, "d", payload)
+            ("XADD", log_key, keys.entry_id(seq), *_entry_fields(event))
         ]
-        if kind in TERMINAL_KINDS:
+        if terminal:
             commands += [
                 ("EXPIRE", log_key, self._ttl),
                 ("EXPIRE", keys.meta_key(stream_id), self._ttl),
@@ -196,11 +218,11 @@ class RedisLog:
         if isinstance(result, Exception):
             raise StoreUnavailable(f"Stream store write failed: {result}") from result
         self._next_seq[stream_id] = seq + 1
-        if kind in TERMINAL_KINDS:
+        if terminal:
             self._next_seq.pop(stream_id, None)
         tail = self._tails.get(stream_id)
         if tail is not None:
-            tail.push(Entry(seq, kind, payload))
+            tail.push(Entry(seq, event))
             if tail.finished:
                 tail.expires_at = time.monotonic() + self._ttl
         return seq
@@ -242,6 +264,10 @@ class RedisLog:
         tail.last_read = time.monotonic()
         return await tail.read(after, wait)
 
+    def wake_readers(self) -> None:
+        for tail in self._tails.values():
+            tail.wake()
+
     def _ensure_follower(self) -> None:
         if self._follower is None or self._follower.done():
             self._follower = asyncio.create_task(self._follow(), name="redis-follower")
@@ -266,7 +292,7 @@ class RedisLog:
                 await asyncio.sleep(FOLLOW_BLOCK_MS / 1000)
                 continue
             try:
-                found = await self._follow_redis.xread(remote, block=FOLLOW_BLOCK_MS)
+                found = await self.blocking_client.xread(remote, block=FOLLOW_BLOCK_MS)
                 rows = cast(list[tuple[bytes, Rows]], found or [])
             except (RedisError, OSError) as exc:
                 log.warning("following remote streams failed: %s", exc)
@@ -280,7 +306,7 @@ class RedisLog:
                     if followed.finished:
                         followed.expires_at = time.monotonic() + self._ttl
 
-    # -- idempotency, leases, health ---------------------------------------------
+    # -- idempotency, health ---------------------------------------------------
 
     async def claim_idempotency_key(
         self, scope: str, key: str, stream_id: str, fingerprint: str
@@ -297,76 +323,6 @@ class RedisLog:
         bound_id, _, bound_fp = bound.decode().partition(" ")
         return bound_id, bound_fp
 
-    async def acquire_lease(self, stream_id: str, holder: str, ms: int) -> bool:
-        with store_errors():
-            return bool(await self._redis.set(keys.lease_key(stream_id), holder, nx=True, px=ms))
-
-    async def renew_leases(self, stream_ids: list[str], holder: str, ms: int) -> None:
-        if not stream_ids:
-            return
-        commands: list[tuple[Any, ...]] = [
-            ("SET", keys.lease_key(sid), holder, "PX", ms) for sid in stream_ids
-        ]
-        commands += [("EXPIRE", keys.log_key(sid), keys.RUNNING_TTL_S) for sid in stream_ids]
-        with store_errors():
-            await self._writes.submit(commands)
-
-    async def release_lease(self, stream_id: str) -> None:
-        with store_errors():
-            await self._redis.delete(keys.lease_key(stream_id))
-
-    async def orphaned_streams(self) -> list[str]:
-        """Running streams whose producer's lease has expired (its process died)."""
-        with store_errors():
-            members = cast(set[bytes], await self._redis.smembers(keys.RUNNING))
-            running = [sid.decode() for sid in members]
-            if not running:
-                return []
-            leases = await self._redis.mget([keys.lease_key(sid) for sid in running])
-        return [sid for sid, lease in zip(running, leases, strict=True) if lease is None]
-
-    async def forget(self, stream_id: str) -> None:
-        """Drop a running stream whose metadata is gone (it can never be resumed)."""
-        with store_errors():
-            await self._redis.srem(keys.RUNNING, stream_id)
-
-    async def touch_reader(self, stream_id: str) -> None:
-        with store_errors():
-            await self._writes.submit(
-                [("SET", keys.reader_key(stream_id), repr(time.time()), "EX", keys.RUNNING_TTL_S)]
-            )
-
-    async def publish_cancel(self, stream_id: str) -> bool:
-        with store_errors():
-            running = await self._redis.sismember(keys.RUNNING, stream_id)
-            if not running:
-                return False
-            await self._redis.publish(keys.CANCEL_CHANNEL, stream_id)
-        return True
-
-    def on_cancel(self, callback: Callable[[str], None]) -> None:
-        self._cancel_callback = callback
-        if self._cancel_listener is None:
-            self._cancel_listener = asyncio.create_task(self._listen_for_cancels())
-
-    async def _listen_for_cancels(self) -> None:
-        """One subscription per process, whatever the number of streams."""
-        while True:
-            try:
-                async with self._follow_redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message" and self._cancel_callback:
-                            self._cancel_callback(message["data"].decode())
-            except (RedisError, OSError) as exc:
-                log.warning("cancel subscription lost: %s", exc)
-                await asyncio.sleep(0.5)
-
-    async def last_reader_seen(self, stream_id: str) -> float | None:
-        with store_errors():
-            value = cast(bytes | None, await self._redis.get(keys.reader_key(stream_id)))
-        return float(value) if value else None
-
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
@@ -374,15 +330,15 @@ class RedisLog:
             return False
 
     async def aclose(self) -> None:
-        for task in (self._follower, self._cancel_listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        await self._writes.aclose()
         await self._redis.aclose()
-        await self._follow_redis.aclose()
+        await self.blocking_client.aclose()
         await self._redis.connection_pool.disconnect()
-        await self._follow_redis.connection_pool.disconnect()
+        await self.blocking_client.connection_pool.disconnect()
 
 
 def _flatten(fields: dict[str, str | bytes]) -> list[str | bytes]:

@@ -1,0 +1,118 @@
+"""The normalized events a stream log holds: Claude's vocabulary plus the gateway's own.
+
+A producer appends these and every reader renders them in its own wire format
+(`dialects/`); nothing outside `dialects/` knows what they look like on the wire.
+Each event is a small frozen value with a `kind`, the name the Redis store and the
+dialects know it by.
+
+    Start         the stream exists (first entry, always)
+    Queued        waiting for capacity, at `position`
+    Text          a text delta
+    ToolUseStart  a tool_use block opens
+    ToolInput     a fragment of the block's input JSON, as generated
+    ToolUse       the complete tool_use block (it closes)
+    Thinking      an extended-thinking delta
+    Reset         the answer restarts: discard the text so far
+    Done          terminal: the answer is complete (usage and cost)
+    Failed        terminal: the stream ended in an error (usage and cost so far)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    kind: ClassVar[str] = "start"
+    stream_id: str
+    request_id: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    kind: ClassVar[str] = "queued"
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    kind: ClassVar[str] = "text"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUseStart:
+    kind: ClassVar[str] = "tool_use_start"
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInput:
+    kind: ClassVar[str] = "tool_input"
+    partial_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    kind: ClassVar[str] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    kind: ClassVar[str] = "thinking"
+    thinking: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    kind: ClassVar[str] = "reset"
+    reason: str = "upstream_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    kind: ClassVar[str] = "done"
+    stop_reason: str | None
+    usage: dict[str, int]
+    cost_usd: float
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    kind: ClassVar[str] = "error"
+    message: str
+    code: str
+    retryable: bool
+    usage: dict[str, int]
+    cost_usd: float
+
+
+Event = (
+    Start | Queued | Text | ToolUseStart | ToolInput | ToolUse | Thinking | Reset | Done | Failed
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (Start, Queued, Text, ToolUseStart, ToolInput, ToolUse, Thinking, Reset, Done)
+}
+EVENT_TYPES[Failed.kind] = Failed
+TERMINAL_TYPES: frozenset[type[Event]] = frozenset({Done, Failed})
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The event's fields by name (for a store that keeps them, e.g. as JSON)."""
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+
+
+def event_from(kind: str, fields: dict[str, Any]) -> Event:
+    """The event of `kind` with these fields; KeyError/TypeError for anything else."""
+    return EVENT_TYPES[kind](**fields)

@@ -1,0 +1,68 @@
+"""The running gateway's parts, built once in the lifespan and handed to every route
+through one dependency (`routes.deps`), instead of untyped `app.state` lookups."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from tokenrelay.auth.base import Authenticator
+from tokenrelay.auth.tickets import TicketStore
+from tokenrelay.config import Settings
+from tokenrelay.pricing import ModelTable
+from tokenrelay.registry import build_provider, build_store
+from tokenrelay.streams.manager import StreamManager, StreamTimings
+from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.validation import RequestValidator
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    settings: Settings
+    models: ModelTable
+    manager: StreamManager
+    validator: RequestValidator
+    authenticator: Authenticator
+    tickets: TicketStore
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        retries=settings.upstream_retries,
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+        retry_after_ceiling=settings.retry_after_ceiling,
+        continuations=settings.continuation_attempts,
+    )
+
+
+@asynccontextmanager
+async def open_gateway(
+    settings: Settings,
+    *,
+    models: ModelTable,
+    validator: RequestValidator,
+    authenticator: Authenticator,
+) -> AsyncIterator[Gateway]:
+    """Store, provider and manager, opened in order and closed in reverse: the
+    manager's producers end before the provider and the store they use close."""
+    async with AsyncExitStack() as stack:
+        store = build_store(settings)
+        stack.push_async_callback(store.aclose)
+        provider = build_provider(settings)
+        stack.push_async_callback(provider.aclose)
+        manager = StreamManager(
+            log=store.log,
+            cluster=store.cluster,
+            provider=provider,
+            models=models,
+            retry=retry_policy(settings),
+            timings=StreamTimings(
+                heartbeat_interval=settings.heartbeat_interval,
+                abandon_after=settings.abandon_after,
+            ),
+        )
+        stack.push_async_callback(manager.aclose)
+        await manager.open()
+        yield Gateway(settings, models, manager, validator, authenticator, store.tickets)

@@ -1,0 +1,87 @@
+"""Implementations picked by name, each imported only when chosen.
+
+A gateway on the memory store with the simulator never imports redis-py or the
+anthropic SDK (~60 MiB between them). Add an implementation by adding a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenrelay.auth.tickets import TicketStore
+from tokenrelay.config import Settings
+from tokenrelay.providers.base import Provider
+from tokenrelay.streams.cluster import Cluster
+from tokenrelay.streams.log import StreamLog
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Where streams live, and what is shared with other instances through it."""
+
+    log: StreamLog
+    cluster: Cluster
+    # Tickets live beside the logs (in Redis when they are), so that an EventSource
+    # reconnect may land on any instance.
+    tickets: TicketStore
+
+    async def aclose(self) -> None:
+        await self.cluster.aclose()
+        await self.log.aclose()
+
+
+def _simulator(settings: Settings) -> Provider:
+    from tokenrelay.providers.simulator import SimulatorProvider
+
+    return SimulatorProvider(ttft_ms=settings.simulator_ttft_ms, tps=settings.simulator_tps)
+
+
+def _anthropic(settings: Settings) -> Provider:
+    from tokenrelay.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider.from_settings(settings)
+
+
+def _memory(settings: Settings) -> Store:
+    from tokenrelay.auth.tickets import MemoryTickets
+    from tokenrelay.streams.cluster import LocalCluster
+    from tokenrelay.streams.memory import MemoryLog
+
+    return Store(MemoryLog(stream_ttl=settings.stream_ttl), LocalCluster(), MemoryTickets())
+
+
+def _redis(settings: Settings) -> Store:
+    from tokenrelay.auth.tickets import RedisTickets
+    from tokenrelay.streams.redis import RedisLog
+    from tokenrelay.streams.redis_cluster import RedisCluster
+
+    log = RedisLog(
+        settings.store,
+        stream_ttl=settings.stream_ttl,
+        max_connections=settings.redis_max_connections,
+    )
+    return Store(log, RedisCluster(log), RedisTickets(log.client))
+
+
+PROVIDERS: dict[str, Callable[[Settings], Provider]] = {
+    "simulator": _simulator,
+    "anthropic": _anthropic,
+}
+STORES: dict[str, Callable[[Settings], Store]] = {"memory": _memory, "redis": _redis}
+
+
+def store_kind(store: str) -> str:
+    if store == "memory":
+        return "memory"
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        return "redis"
+    raise ValueError(f"Unknown store {store!r}: use 'memory' or a redis:// URL")
+
+
+def build_provider(settings: Settings) -> Provider:
+    return PROVIDERS[settings.resolved_provider()](settings)
+
+
+def build_store(settings: Settings) -> Store:
+    return STORES[store_kind(settings.store)](settings)
