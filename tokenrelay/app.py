@@ -8,36 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tokenrelay import __version__, middleware
-from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.config import Settings
-from tokenrelay.gateway import Gateway, open_gateway
-from tokenrelay.pricing import ModelTable
+from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.routes import errors, health, openapi, stream, web
-from tokenrelay.validation import Limits, RequestValidator
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The app; its `Gateway` (store, provider, manager) opens with the lifespan.
     What can be checked without I/O (keys, models, limits) fails here, at start."""
-    models = ModelTable.from_file(settings.prices_file)
-    authenticator = build_authenticator(settings)
-    validator = RequestValidator(
-        Limits(
-            max_prompt_chars=settings.max_prompt_chars,
-            max_messages=settings.max_messages,
-            default_max_tokens=settings.default_max_tokens,
-            max_tokens_ceiling=settings.max_tokens_ceiling,
-        ),
-        models,
-        settings.model,
-        screen=settings.prompt_screen,
-    )
+    prepared = prepare(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_gateway(
-            settings, models=models, validator=validator, authenticator=authenticator
-        ) as gw:
+        async with open_gateway(settings, prepared) as gw:
             app.state.gateway = gw
             yield
 
@@ -48,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         middleware=middleware.stack(settings),
     )
     errors.install(app)
-    openapi.install(app, sorted(models.models), validator.limits)
+    openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
     app.include_router(health.router)
     app.include_router(web.router)

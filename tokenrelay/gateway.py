@@ -8,13 +8,40 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from tokenrelay.auth.base import Authenticator
+from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.registry import build_provider, build_store
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
-from tokenrelay.validation import RequestValidator
+from tokenrelay.validation import Limits, RequestValidator
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the settings make without I/O: built, and so checked, at start-up."""
+
+    models: ModelTable
+    validator: RequestValidator
+    authenticator: Authenticator
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Raises (ValueError, OSError, UnsafeConfiguration) for settings that cannot work."""
+    models = ModelTable.from_file(settings.prices_file)
+    validator = RequestValidator(
+        Limits(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_messages=settings.max_messages,
+            default_max_tokens=settings.default_max_tokens,
+            max_tokens_ceiling=settings.max_tokens_ceiling,
+        ),
+        models,
+        settings.model,
+        screen=settings.prompt_screen,
+    )
+    return Prepared(models, validator, build_authenticator(settings))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +65,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 @asynccontextmanager
-async def open_gateway(
-    settings: Settings,
-    *,
-    models: ModelTable,
-    validator: RequestValidator,
-    authenticator: Authenticator,
-) -> AsyncIterator[Gateway]:
+async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[Gateway]:
     """Store, provider and manager, opened in order and closed in reverse: the
     manager's producers end before the provider and the store they use close."""
     async with AsyncExitStack() as stack:
@@ -56,7 +77,7 @@ async def open_gateway(
             log=store.log,
             cluster=store.cluster,
             provider=provider,
-            models=models,
+            models=prepared.models,
             retry=retry_policy(settings),
             timings=StreamTimings(
                 heartbeat_interval=settings.heartbeat_interval,
@@ -65,4 +86,11 @@ async def open_gateway(
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()
-        yield Gateway(settings, models, manager, validator, authenticator, store.tickets)
+        yield Gateway(
+            settings,
+            prepared.models,
+            manager,
+            prepared.validator,
+            prepared.authenticator,
+            store.tickets,
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -103,13 +104,19 @@ class _WriteBatcher:
         self._done: asyncio.Future[list[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def enqueue(self, commands: list[tuple[Any, ...]]) -> tuple[asyncio.Future[list[Any]], int]:
+        """Put commands in the next batch; returns the batch's future (every result
+        of the batch, in order) and the index of the first of these commands' results."""
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()
         start, done = len(self._pending), self._done
         self._pending.extend(commands)
         if self._task is None:
             self._task = asyncio.create_task(self._flush())
+        return done, start
+
+    async def submit(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        done, start = self.enqueue(commands)
         # Shielded: one appender's cancellation must not fail the batch for the others.
         results = await asyncio.shield(done)
         return results[start : start + len(commands)]
@@ -155,6 +162,8 @@ class RedisLog:
         self._writes = _WriteBatcher(self._redis)
         self._tails: dict[str, Tail] = {}
         self._next_seq: dict[str, int] = {}  # the streams this process writes
+        # A write whose appender was cancelled while it was out, per stream.
+        self._unconfirmed: dict[str, asyncio.Future[list[Any]]] = {}
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -195,13 +204,21 @@ class RedisLog:
         return entries
 
     async def append(self, stream_id: str, event: Event) -> int:
-        seq = self._next_seq[stream_id]
+        unconfirmed = self._unconfirmed.pop(stream_id, None)
+        if unconfirmed is not None:
+            # The previous append was cancelled while its write was out: ours must not
+            # overtake it, nor follow one that failed.
+            await asyncio.wait([unconfirmed])
+        seq = self._next_seq.get(stream_id)
+        if seq is None:
+            if unconfirmed is not None:
+                raise StoreUnavailable("Stream store write failed", retry_after=1)
+            raise StreamTakenOver(stream_id)
         log_key = keys.log_key(stream_id)
-        terminal = type(event) in TERMINAL_TYPES
         commands: list[tuple[Any, ...]] = [
             ("XADD", log_key, keys.entry_id(seq), *_entry_fields(event))
         ]
-        if terminal:
+        if type(event) in TERMINAL_TYPES:
             commands += [
                 ("EXPIRE", log_key, self._ttl),
                 ("EXPIRE", keys.meta_key(stream_id), self._ttl),
@@ -210,27 +227,44 @@ class RedisLog:
             ]
         elif seq == 0:
             commands.append(("EXPIRE", log_key, keys.RUNNING_TTL_S))
-        with store_errors():
-            result = (await self._writes.submit(commands))[0]
+        self._next_seq[stream_id] = seq + 1
+        done, index = self._writes.enqueue(commands)
+        done.add_done_callback(functools.partial(self._written, stream_id, seq, event, index))
+        try:
+            with store_errors():
+                result = (await asyncio.shield(done))[index]
+        except asyncio.CancelledError:
+            self._unconfirmed[stream_id] = done
+            raise
         if isinstance(result, ResponseError):
-            self._next_seq.pop(stream_id, None)
             raise StreamTakenOver(stream_id)
         if isinstance(result, Exception):
             raise StoreUnavailable(f"Stream store write failed: {result}") from result
-        self._next_seq[stream_id] = seq + 1
+        return seq
+
+    def _written(
+        self, stream_id: str, seq: int, event: Event, index: int, done: asyncio.Future[list[Any]]
+    ) -> None:
+        """When an append's batch is through, whether or not the appender still waits:
+        a cancelled producer's last delta is in Redis, so readers here must get it."""
+        failed = done.cancelled() or done.exception() is not None
+        if failed or isinstance(done.result()[index], Exception):
+            self._next_seq.pop(stream_id, None)  # nothing after it can be written
+            return
+        terminal = type(event) in TERMINAL_TYPES
         if terminal:
             self._next_seq.pop(stream_id, None)
         tail = self._tails.get(stream_id)
         if tail is not None:
             tail.push(Entry(seq, event))
-            if tail.finished:
+            if terminal:
                 tail.expires_at = time.monotonic() + self._ttl
-        return seq
 
     def release(self, stream_id: str) -> None:
         """This process stops writing the stream (handed over, taken over, or it lost
         the store): readers here now follow it in Redis, where its next writer writes."""
         self._next_seq.pop(stream_id, None)
+        self._unconfirmed.pop(stream_id, None)
         tail = self._tails.get(stream_id)
         if tail is not None and not tail.finished:
             self._ensure_follower()
