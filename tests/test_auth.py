@@ -16,7 +16,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.auth_support import (
+from tests.support import (
+    Stack,
+    assert_error,
+    direct_text,
+    read_stream,
+    resume,
+    run_stack,
+    start,
+    unique,
+)
+from tests.support.auth import (
     AUDIENCE,
     ISSUER,
     JWT_SECRET,
@@ -26,10 +36,6 @@ from tests.auth_support import (
     hs256,
     jwks_server,
 )
-from tests.conftest import Stack, run_stack
-from tests.streams import read_stream, resume, start
-from tests.test_request_errors import assert_error
-from tests.test_streaming import direct_text, unique
 
 
 @dataclass

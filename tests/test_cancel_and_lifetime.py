@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Stack, run_stack
-from tests.streams import read_stream, resume, start, text_of
-from tests.test_streaming import unique
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+from tests.support import (
+    Stack,
+    eventually_async,
+    read_stream,
+    resume,
+    run_stack,
+    start,
+    text_of,
+    unique,
+)
 
 
 async def test_client_disconnect_does_not_stop_generation(own_stack: Stack) -> None:
@@ -43,7 +42,11 @@ async def test_delete_cancels_the_upstream_call_at_once(own_stack: Stack) -> Non
         response = await client.delete(f"/api/streams/{stream_id}")
         assert response.status_code == 200
         assert response.json() == {"stream_id": stream_id, "cancelled": True}
-        await wait_for(lambda: own_stack.sim_stats()["disconnected"] == 1, within=5)
+        await eventually_async(
+            lambda: own_stack.sim_stats()["disconnected"] == 1,
+            what="the simulator to see the upstream call cancelled",
+            within=5,
+        )
         tail = await resume(client, head.last_id)
         final = tail.events[-1].data
         assert final["code"] == "cancelled" and final["retryable"] is False
@@ -67,7 +70,11 @@ async def test_abandoned_stream_is_cancelled_and_its_log_expires(
     prompt = unique("Nobody listens [[sim:tokens=200]] [[sim:tps=20]]")
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         head = await start(client, {"prompt": prompt}, stop_after=2)
-        await wait_for(lambda: stack.sim_stats()["disconnected"] == 1, within=5)
+        await eventually_async(
+            lambda: stack.sim_stats()["disconnected"] == 1,
+            what="the simulator to see the abandoned upstream call cancelled",
+            within=5,
+        )
         tail = await resume(client, head.last_id)
         assert tail.events[-1].data["code"] == "abandoned"
         await asyncio.sleep(1.3)  # stream_ttl is 1 s

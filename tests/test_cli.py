@@ -5,9 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import Stack
-from tests.support import ROOT
-from tests.test_streaming import direct_text, unique
+from tests.support import ROOT, Stack, direct_text, unique
 
 
 def chat(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,26 +13,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.auth_support import api_key_auth
-from tests.conftest import Stack, run_stack
-from tests.proxy import CuttingProxy
-from tests.support import ROOT
-from tests.test_streaming import direct_text, unique
+from tests.support import ROOT, Stack, assert_whole_answer, direct_text, run_stack, unique
+from tests.support.auth import api_key_auth
+from tests.support.proxy import CuttingProxy
 from tokenrelay.client import StreamEvent, TokenRelay, TokenRelayError, stream_sync
-
-
-def assert_one_whole_answer(events: list[StreamEvent], expected: str) -> None:
-    assert [e.seq for e in events] == list(range(len(events)))  # no gap, no duplicate
-    assert "stream_id" in events[0].data
-    assert events[-1].done and sum(e.final for e in events) == 1
-    assert "".join(e.token for e in events if e.token is not None) == expected
 
 
 async def test_async_client_yields_typed_events_with_the_simulators_text(stack: Stack) -> None:
     prompt = unique("Typed events [[sim:tokens=14]]")
     async with TokenRelay(stack.gateway) as relay:
         events = [e async for e in relay.stream(prompt)]
-    assert_one_whole_answer(events, await direct_text(stack.simulator, prompt))
+    assert_whole_answer(events, await direct_text(stack.simulator, prompt))
     done = events[-1]
     assert done.data["usage"]["output_tokens"] == 14 and done.data["stop_reason"] == "end_turn"
     assert len([e for e in events if e.token is not None]) == 14
@@ -54,14 +45,14 @@ async def test_async_client_resumes_a_cut_connection_without_gap_or_duplicate(
                     proxy.cut()
     finally:
         await proxy.close()
-    assert_one_whole_answer(events, expected)
+    assert_whole_answer(events, expected)
     assert proxy.accepted == 3  # the start, then one resume per cut
 
 
 def test_sync_client_yields_the_same_events(stack: Stack) -> None:
     prompt = unique("No event loop here [[sim:tokens=9]]")
     events = list(stream_sync(stack.gateway, prompt))
-    assert_one_whole_answer(events, asyncio.run(direct_text(stack.simulator, prompt)))
+    assert_whole_answer(events, asyncio.run(direct_text(stack.simulator, prompt)))
 
 
 @pytest.fixture
@@ -82,9 +73,9 @@ async def test_api_key_is_sent_by_the_async_and_sync_clients(
             _ = [e async for e in relay.stream(prompt)]
     assert (refused.value.status, refused.value.error_type) == (401, "authentication_error")
     async with TokenRelay(stack.gateway, api_key=key) as relay:
-        assert_one_whole_answer([e async for e in relay.stream(prompt)], expected)
+        assert_whole_answer([e async for e in relay.stream(prompt)], expected)
     events = await asyncio.to_thread(lambda: list(stream_sync(stack.gateway, prompt, api_key=key)))
-    assert_one_whole_answer(events, expected)
+    assert_whole_answer(events, expected)
 
 
 async def test_chat_takes_the_api_key_from_a_flag_or_the_environment(

@@ -16,10 +16,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import Redis, nginx, redis_server
-from tests.streams import read_stream
-from tests.support import free_port, spawn
-from tests.test_streaming import direct_text, unique
+from tests.support import (
+    Redis,
+    assert_whole_answer,
+    direct_text,
+    eventually,
+    free_port,
+    nginx,
+    read_stream,
+    redis_server,
+    spawn,
+    unique,
+)
 from tokenrelay.client import StreamEvent, TokenRelay
 
 
@@ -76,12 +84,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield Cluster(simulator, redis, lb, gateways)
 
 
-def assert_whole(events: list[StreamEvent], expected: str) -> None:
-    assert [e.seq for e in events] == list(range(len(events)))
-    assert sum(e.done for e in events) == 1 and events[-1].done
-    assert "".join(e.token or "" for e in events) == expected
-
-
 async def stream_through(
     cluster: Cluster, prompt: str, *, after: int, then: Callable[[str], None]
 ) -> tuple[list[StreamEvent], str]:
@@ -114,7 +116,7 @@ async def test_killed_instance_stream_is_taken_over_and_resumed_exactly_once(
         victim.proc.wait()
 
     events, serving = await stream_through(cluster, prompt, after=10, then=kill)
-    assert_whole(events, expected)
+    assert_whole_answer(events, expected)
     survivor = next(g for g in cluster.gateways if g.instance != serving)
     assert "taking over stream" in survivor.log.read_text()
 
@@ -130,7 +132,7 @@ async def test_sigterm_hands_streams_over_at_once(cluster: Cluster) -> None:
         stopped.append(victim)
 
     events, _ = await stream_through(cluster, prompt, after=8, then=terminate)
-    assert_whole(events, expected)
+    assert_whole_answer(events, expected)
     victim = stopped[0]
     # It exits well before its 10 s drain timeout: handing over does not wait.
     assert victim.proc.wait(timeout=8) == 0
@@ -144,7 +146,7 @@ async def test_mid_stream_upstream_error_is_continued_on_redis(cluster: Cluster)
         events = [
             e async for e in relay.stream(f"{words} [[sim:error_after=9]] [[sim:fail_times=1]]")
         ]
-    assert_whole(events, expected)
+    assert_whole_answer(events, expected)
 
 
 async def test_redis_restart_mid_stream(cluster: Cluster) -> None:
@@ -169,7 +171,7 @@ async def test_redis_restart_mid_stream(cluster: Cluster) -> None:
 
     events, _ = await stream_through(cluster, prompt, after=6, then=restart_redis)
     assert observed == {"ready": 503, "new_stream": (503, "overloaded_error", "1")}
-    assert_whole(events, expected)
+    assert_whole_answer(events, expected)
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{cluster.gateways[0].url}/readyz")).status_code == 200
 
@@ -226,11 +228,19 @@ async def test_readers_follow_a_stream_their_instance_lost_to_another(cluster: C
 
     def lose_to_b(_: str) -> None:
         cluster.redis.stop()
-        wait_for_text(a.log, "stream store lost mid-stream")
+        eventually(
+            lambda: "stream store lost mid-stream" in a.log.read_text(),
+            what="instance A to log that it lost the store",
+            within=30,
+        )
         a.proc.send_signal(signal.SIGSTOP)
         try:
             cluster.redis.start()
-            wait_for_text(b.log, "taking over stream")
+            eventually(
+                lambda: "taking over stream" in b.log.read_text(),
+                what="instance B to log that it took the stream over",
+                within=30,
+            )
         finally:
             a.proc.send_signal(signal.SIGCONT)
 
@@ -240,13 +250,5 @@ async def test_readers_follow_a_stream_their_instance_lost_to_another(cluster: C
             events.append(event)
             if len(events) == 6:
                 await asyncio.to_thread(lose_to_b, a.instance)
-    assert_whole(events, expected)
+    assert_whole_answer(events, expected)
     assert "taking over stream" not in a.log.read_text()
-
-
-def wait_for_text(log: Path, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{text!r} not in {log.name}")
-        time.sleep(0.05)

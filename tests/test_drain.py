@@ -13,9 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.streams import read_stream
-from tests.support import free_port, spawn
-from tests.test_streaming import unique
+from tests.support import free_port, read_stream, spawn, unique
 
 
 def gateway(tmp_path: Path, drain_timeout: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:

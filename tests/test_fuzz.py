@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.auth_support import api_key_auth
-from tests.conftest import Stack, run_stack
+from tests.support import Stack, run_stack
+from tests.support.auth import api_key_auth
 
 # Short answers keep the many generated valid requests quick.
 FUZZ_ENV = {"TOKENRELAY_MAX_TOKENS_CEILING": "64", "TOKENRELAY_DEFAULT_MAX_TOKENS": "16"}

@@ -8,21 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
-from tests.streams import start
-from tests.test_streaming import unique
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"type", "error"} and body["type"] == "error"
-    assert set(body["error"]) == {"type", "message"}
-    assert body["error"]["type"] == error_type
-    assert body["error"]["message"]
-    return str(body["error"]["message"])
-
+from tests.support import Stack, assert_error, start, unique
 
 BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str]] = [
     ("not json", b"{prompt: hi", "Request body is not valid JSON"),

@@ -9,9 +9,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Stack
-from tests.streams import resume, start, text_of
-from tests.test_streaming import direct_text
+from tests.support import Stack, assert_whole_answer, direct_text, resume, start
 
 PROMPT = "The property of resumption [[sim:tokens=24]] [[sim:tps=150]]"
 
@@ -41,7 +39,4 @@ async def _cut_and_resume(stack: Stack, cuts: list[int], pause: float) -> None:
                 break
             await asyncio.sleep(pause)
             events += (await resume(client, events[-1].id, stop_after=cut)).events
-    assert [e.seq for e in events] == list(range(len(events)))
-    assert sum("done" in e.data for e in events) == 1
-    assert events[-1].data["done"] is True
-    assert text_of(events) == expected
+    assert_whole_answer(events, expected)

@@ -13,13 +13,20 @@ import httpx
 import pytest
 import trustme
 
-from tests.auth_support import api_key_auth
-from tests.conftest import Stack, run_stack
-from tests.services import redis_server
-from tests.streams import read_stream, start
-from tests.support import ROOT, free_port, spawn
-from tests.test_request_errors import assert_error
-from tests.test_streaming import direct_text, unique
+from tests.support import (
+    ROOT,
+    Stack,
+    assert_error,
+    direct_text,
+    free_port,
+    read_stream,
+    redis_server,
+    run_stack,
+    spawn,
+    start,
+    unique,
+)
+from tests.support.auth import api_key_auth
 
 # --- tickets -------------------------------------------------------------------------
 

@@ -8,9 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Stack, run_stack
-from tests.streams import start, text_of
-from tests.test_streaming import direct_text, unique
+from tests.support import Stack, direct_text, run_stack, start, text_of, unique
 
 
 async def test_429_twice_then_success_is_retried_into_one_seamless_answer(

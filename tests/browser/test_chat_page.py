@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,11 +10,10 @@ from urllib.parse import urlsplit
 import httpx
 from playwright.async_api import Browser
 
-from tests.auth_support import api_key_auth
-from tests.browser.conftest import WAIT_MS, ChatPage, chat_page, direct, stream_log
-from tests.conftest import Stack, run_stack
-from tests.proxy import CuttingProxy
-from tests.test_streaming import direct_text, unique
+from tests.support import Stack, direct_text, eventually_async, run_stack, unique
+from tests.support.auth import api_key_auth
+from tests.support.browser import WAIT_MS, ChatPage, chat_page, direct, stream_log
+from tests.support.proxy import CuttingProxy
 
 STATS = re.compile(r"^TTFT \d+ ms · \d+ tok/s · (\d+) tokens · \$(\d+\.\d{6})$")
 
@@ -29,14 +26,6 @@ async def last_stream_id(chat: ChatPage) -> str:
     stream_id = await response.header_value("x-stream-id")
     assert stream_id
     return stream_id
-
-
-async def wait_until(condition: Callable[[], Any], what: str) -> None:
-    for _ in range(WAIT_MS // 50):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_answer_streams_in_growing_text_and_ends_with_the_simulators_text(
@@ -130,7 +119,11 @@ async def test_stop_cancels_the_generation_on_the_server(
         assert own_stack.sim_stats()["active"] == 1
         await chat.page.click("#stop")
         await chat.wait_for_state("stopped")
-        await wait_until(lambda: own_stack.sim_stats()["disconnected"] == 1, "upstream cancel")
+        await eventually_async(
+            lambda: own_stack.sim_stats()["disconnected"] == 1,
+            what="the simulator to see the upstream call cancelled",
+            within=WAIT_MS / 1000,
+        )
         stats = own_stack.sim_stats()
         assert stats["requests"] == 1 and stats["completed"] == 0 and stats["active"] == 0
         await chat.screenshot("stopped")

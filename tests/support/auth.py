@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 
-from tests.support import ROOT, free_port
+from tests.support.processes import ROOT, free_port
 
 JWT_SECRET = "test-hs256-secret-that-is-long-enough-for-hs256"
 ISSUER = "https://issuer.test"

@@ -9,13 +9,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.polling import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -24,21 +25,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+
+    eventually(listening, what=f"a listener on port {port}", within=timeout)
+
+
 def wait_until_ok(
     url: str,
     timeout: float = 15.0,
     proc: subprocess.Popen[bytes] | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc is not None and proc.poll() is not None:
+            # No point waiting out the timeout for a process that is gone.
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+            return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
+        return False
+
+    eventually(ready, what=f"{url} to answer 200", within=timeout)
 
 
 @contextlib.contextmanager
