@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import Redis, redis_server
 from tokenrelay.errors import StoreUnavailable
+from tokenrelay.events import Done, Failed, Start, Text, ToolUse
 from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
 from tokenrelay.streams.memory import MemoryLog
 from tokenrelay.streams.redis import RedisLog
@@ -31,6 +32,9 @@ async def log(request: pytest.FixtureRequest, redis: Redis) -> AsyncIterator[Str
     await store.aclose()
 
 
+START = Start("s", "req_1", "claude-haiku-4-5")
+
+
 def meta(key: str | None = None) -> StreamMeta:
     return StreamMeta(uuid.uuid4().hex, "alice", "req_1", "claude-haiku-4-5", "fp", 0.0, key)
 
@@ -39,11 +43,9 @@ async def test_read_returns_entries_after_an_offset_in_order(log: StreamLog) -> 
     m = meta()
     await log.create(m)
     for i in range(5):
-        assert await log.append(m.stream_id, "text", {"token": str(i)}) == i
+        assert await log.append(m.stream_id, Text(str(i))) == i
     entries = await log.read(m.stream_id, 1, 0) or []
-    assert [(e.seq, e.kind, e.payload) for e in entries] == [
-        (2, "text", b'{"token":"2"}'), (3, "text", b'{"token":"3"}'), (4, "text", b'{"token":"4"}'),
-    ]  # fmt: skip
+    assert [(e.seq, e.event) for e in entries] == [(2, Text("2")), (3, Text("3")), (4, Text("4"))]
     assert await log.read(m.stream_id, 4, 0.05) == []
     assert await log.read("no-such-stream", -1, 0) is None
     assert (await log.meta(m.stream_id)) == m
@@ -52,18 +54,18 @@ async def test_read_returns_entries_after_an_offset_in_order(log: StreamLog) -> 
 async def test_a_waiting_reader_is_woken_by_an_append(log: StreamLog) -> None:
     m = meta()
     await log.create(m)
-    await log.append(m.stream_id, "start", {"stream_id": m.stream_id})
+    await log.append(m.stream_id, Start(m.stream_id, "req_1", "claude-haiku-4-5"))
     waiting = asyncio.create_task(log.read(m.stream_id, 0, 5))
     await asyncio.sleep(0.05)
-    await log.append(m.stream_id, "text", {"token": "a"})
+    await log.append(m.stream_id, Text("a"))
     entries = await waiting
-    assert entries is not None and [(e.seq, e.payload) for e in entries] == [(1, b'{"token":"a"}')]
+    assert entries is not None and [(e.seq, e.event) for e in entries] == [(1, Text("a"))]
 
 
 async def test_a_finished_log_expires_after_its_ttl(log: StreamLog) -> None:
     m = meta()
     await log.create(m)
-    await log.append(m.stream_id, "done", {"done": True})
+    await log.append(m.stream_id, Done("end_turn", {"input_tokens": 1, "output_tokens": 0}, 0.0))
     entries = await log.read(m.stream_id, -1, 0) or []
     assert [e.terminal for e in entries] == [True]
     await asyncio.sleep(2.2)  # stream_ttl is 1 s; Redis expires keys at 1 s resolution
@@ -82,13 +84,13 @@ async def test_redis_refuses_a_second_writer_of_the_same_seq(redis: Redis) -> No
     first, second = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
     m = meta()
     await first.create(m)
-    await first.append(m.stream_id, "start", {})
+    await first.append(m.stream_id, START)
     assert [e.seq for e in await second.adopt(m.stream_id)] == [0]
-    await second.append(m.stream_id, "text", {"token": "new owner"})
+    await second.append(m.stream_id, Text("new owner"))
     with pytest.raises(StreamTakenOver):
-        await first.append(m.stream_id, "text", {"token": "old owner"})
+        await first.append(m.stream_id, Text("old owner"))
     entries = await second.read(m.stream_id, -1, 0) or []
-    assert [e.payload for e in entries] == [b"{}", b'{"token":"new owner"}']
+    assert [e.event for e in entries] == [START, Text("new owner")]
     await first.aclose()
     await second.aclose()
 
@@ -97,13 +99,13 @@ async def test_a_reader_in_another_process_follows_live_appends(redis: Redis) ->
     writer, reader = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
     m = meta()
     await writer.create(m)
-    await writer.append(m.stream_id, "start", {})
+    await writer.append(m.stream_id, START)
     assert [e.seq for e in await reader.read(m.stream_id, -1, 0) or []] == [0]
     waiting = asyncio.create_task(reader.read(m.stream_id, 0, 5))
     await asyncio.sleep(0.05)
-    await writer.append(m.stream_id, "text", {"token": "live"})
+    await writer.append(m.stream_id, Text("live"))
     entries = await waiting
-    assert entries is not None and [e.payload for e in entries] == [b'{"token":"live"}']
+    assert entries is not None and [e.event for e in entries] == [Text("live")]
     await writer.aclose()
     await reader.aclose()
 
@@ -121,3 +123,34 @@ async def test_unreachable_redis_is_a_clear_503_not_a_crash(tmp_path: Path) -> N
         assert await store.ping() is True
         await store.create(meta())
         await store.aclose()
+
+
+EVERY_KIND = [
+    START,
+    Text('héllo "wörld"\n'),
+    ToolUse("toolu_1", "weather", {"city": "Paris", "days": [1, 2]}),
+    Failed("Overloaded", "overloaded", True, {"input_tokens": 3, "output_tokens": 2}, 0.5),
+]
+
+
+async def test_every_kind_of_event_comes_back_as_it_went_in(log: StreamLog) -> None:
+    m = meta()
+    await log.create(m)
+    for event in EVERY_KIND:
+        await log.append(m.stream_id, event)
+    entries = await log.read(m.stream_id, -1, 0) or []
+    assert [e.event for e in entries] == EVERY_KIND
+    assert [e.terminal for e in entries] == [False, False, False, True]
+
+
+async def test_another_process_parses_every_kind_of_event_from_redis(redis: Redis) -> None:
+    writer, reader = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
+    m = meta()
+    await writer.create(m)
+    for event in EVERY_KIND:
+        await writer.append(m.stream_id, event)
+    entries = await reader.read(m.stream_id, -1, 0) or []
+    assert [e.event for e in entries] == EVERY_KIND
+    assert [e.terminal for e in entries] == [False, False, False, True]
+    await writer.aclose()
+    await reader.aclose()
