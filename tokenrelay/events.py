@@ -38,10 +38,20 @@ class Queued:
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class Text:
+class Text(str):
+    """A text delta. Unlike the other events it is a `str` itself: it is the one event
+    made per token, and kept for the stream's life, so it costs no object beside its
+    characters (the producer's answer-so-far holds the same object)."""
+
+    __slots__ = ()
     kind: ClassVar[str] = "text"
-    text: str
+
+    @property
+    def text(self) -> str:
+        return self
+
+    def __repr__(self) -> str:
+        return f"Text({str.__repr__(self)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +120,13 @@ TERMINAL_TYPES: frozenset[type[Event]] = frozenset({Done, Failed})
 
 def event_fields(event: Event) -> dict[str, Any]:
     """The event's fields by name (for a store that keeps them, e.g. as JSON)."""
-    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    if type(event) is Text:
+        return {"text": str(event)}
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}  # type: ignore[arg-type]
 
 
 def event_from(kind: str, fields: dict[str, Any]) -> Event:
     """The event of `kind` with these fields; KeyError/TypeError for anything else."""
+    if kind == Text.kind:
+        return Text(fields["text"])
     return EVENT_TYPES[kind](**fields)

@@ -12,19 +12,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
-from tokenrelay.errors import GatewayError, error_body
+from tokenrelay.errors import GatewayError, error_body, error_type_for
 
 log = logging.getLogger("tokenrelay.http")
-
-_HTTP_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-}
 
 
 def error_response(
@@ -54,7 +44,7 @@ async def validation_error(_: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, str(exc.detail))
-    error_type = _HTTP_TYPES.get(exc.status_code, "api_error")
+    error_type = error_type_for(exc.status_code)
     headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
     if exc.status_code == 405:
         headers["allow"] = allowed_methods(request)

@@ -25,17 +25,18 @@ class StreamTakenOver(Exception):
 
 
 class Entry:
-    """One log entry: its seq, its event, and the event's bytes in the dialects that
-    have rendered it (the first in two slots, any further one in a small dict)."""
+    """One log entry: its seq, its event, and the event's bytes in each dialect that
+    has rendered it. Nearly every stream is read in one dialect, so its bytes take a
+    slot of their own; a second dialect turns the slot into a small dict. (Entries
+    live as long as their stream's log: each slot costs 8 bytes a token.)"""
 
-    __slots__ = ("_more", "_wire", "_wire_dialect", "event", "seq")
+    __slots__ = ("_dialect", "_wire", "event", "seq")
 
     def __init__(self, seq: int, event: Event) -> None:
         self.seq = seq
         self.event = event
-        self._wire_dialect: str | None = None
-        self._wire = b""
-        self._more: dict[str, bytes] | None = None
+        self._dialect: str | None = None  # whose bytes `_wire` is; "" once it is a dict
+        self._wire: bytes | dict[str, bytes] = b""
 
     @property
     def terminal(self) -> bool:
@@ -43,18 +44,19 @@ class Entry:
 
     def encoded(self, dialect: str, encode: Callable[[Event], bytes]) -> bytes:
         """`encode(self.event)`, computed once per dialect and kept."""
-        if self._wire_dialect == dialect:
-            return self._wire
-        if self._wire_dialect is None:
-            self._wire_dialect, self._wire = dialect, encode(self.event)
-            return self._wire
-        more = self._more
-        if more is None:
-            more = self._more = {}
-        wire = more.get(dialect)
-        if wire is None:
-            wire = more[dialect] = encode(self.event)
-        return wire
+        if self._dialect == dialect:
+            return self._wire  # type: ignore[return-value]
+        if self._dialect is None:
+            wire = encode(self.event)
+            self._dialect, self._wire = dialect, wire
+            return wire
+        if self._dialect:  # a second dialect: keep both by name from now on
+            self._wire, self._dialect = {self._dialect: self._wire}, ""  # type: ignore[dict-item]
+        by_dialect: dict[str, bytes] = self._wire  # type: ignore[assignment]
+        found = by_dialect.get(dialect)
+        if found is None:
+            found = by_dialect[dialect] = encode(self.event)
+        return found
 
     def __repr__(self) -> str:
         return f"Entry({self.seq}, {self.event!r})"

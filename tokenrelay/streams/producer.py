@@ -201,8 +201,9 @@ class Producer:
                             continue
                         skip = 0
                     self._attempt_deltas += 1
-                    parts.append(delta)
-                    await append(sid, text(delta))
+                    event = text(delta)
+                    parts.append(event)
+                    await append(sid, event)
                 elif isinstance(delta, MessageStart):
                     usage = delta.usage
                 elif isinstance(delta, ToolUse):

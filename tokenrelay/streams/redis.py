@@ -75,8 +75,18 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         fingerprint=h[b"fingerprint"].decode(),
         created_at=float(h[b"created_at"]),
         idempotency_key=h[b"idempotency_key"].decode() or None,
-        request=GenerationRequest(**orjson.loads(request)) if request else None,
+        request=_request_from(request) if request else None,
     )
+
+
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
+
+
+def _request_from(raw: bytes) -> GenerationRequest:
+    # Only the fields this version knows: a stream stored by an older or newer
+    # instance during a rolling upgrade can still be taken over.
+    data = orjson.loads(raw)
+    return GenerationRequest(**{k: v for k, v in data.items() if k in _REQUEST_FIELDS})
 
 
 def _entry_fields(event: Event) -> tuple[str | bytes, ...]:
