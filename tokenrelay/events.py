@@ -2,12 +2,12 @@
 
 A producer appends these and every reader renders them in its own wire format
 (`dialects/`); nothing outside `dialects/` knows what they look like on the wire.
-Each event is a small frozen value with a `kind`, the name the Redis store and the
-dialects know it by.
+Each event is a small frozen value with a `kind`, the name the Redis store knows it
+by; a text delta, the one event per token, is a plain `str`.
 
     Start         the stream exists (first entry, always)
     Queued        waiting for capacity, at `position`
-    Text          a text delta
+    Text          a text delta: a plain `str`
     ToolUseStart  a tool_use block opens
     ToolInput     a fragment of the block's input JSON, as generated
     ToolUse       the complete tool_use block (it closes)
@@ -38,20 +38,13 @@ class Queued:
     position: int
 
 
-class Text(str):
-    """A text delta. Unlike the other events it is a `str` itself: it is the one event
-    made per token, and kept for the stream's life, so it costs no object beside its
-    characters (the producer's answer-so-far holds the same object)."""
-
-    __slots__ = ()
-    kind: ClassVar[str] = "text"
-
-    @property
-    def text(self) -> str:
-        return self
-
-    def __repr__(self) -> str:
-        return f"Text({str.__repr__(self)})"
+# A text delta is its own `str`: it is the one event made per token, and it is kept
+# for the stream's life, so it costs nothing beside its characters (the producer's
+# answer-so-far holds the same object). `Text("…")` makes one; `type(e) is Text`
+# tells one apart. (A str subclass would cost more: CPython stores a subclass's
+# characters in a separate buffer.)
+Text = str
+TEXT_KIND = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +105,24 @@ Event = (
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Start, Queued, Text, ToolUseStart, ToolInput, ToolUse, Thinking, Reset, Done)
+    for cls in (Start, Queued, ToolUseStart, ToolInput, ToolUse, Thinking, Reset, Done, Failed)
 }
-EVENT_TYPES[Failed.kind] = Failed
 TERMINAL_TYPES: frozenset[type[Event]] = frozenset({Done, Failed})
 
 
 def event_fields(event: Event) -> dict[str, Any]:
     """The event's fields by name (for a store that keeps them, e.g. as JSON)."""
     if type(event) is Text:
-        return {"text": str(event)}
+        return {"text": event}
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}  # type: ignore[arg-type]
+
+
+def kind_of(event: Event) -> str:
+    return TEXT_KIND if type(event) is Text else event.kind  # type: ignore[union-attr]
 
 
 def event_from(kind: str, fields: dict[str, Any]) -> Event:
     """The event of `kind` with these fields; KeyError/TypeError for anything else."""
-    if kind == Text.kind:
+    if kind == TEXT_KIND:
         return Text(fields["text"])
     return EVENT_TYPES[kind](**fields)

@@ -46,7 +46,7 @@ def _json(value: Any) -> bytes:
 
 
 def _text(e: Text) -> bytes:
-    return b'{"token":%b}' % orjson.dumps(e.text)
+    return b'{"token":%b}' % orjson.dumps(e)
 
 
 def _start(e: Start) -> bytes:

@@ -90,7 +90,7 @@ class Answer:
         for entry in entries:
             event = entry.event
             if type(event) is events.Text:
-                answer.parts.append(event.text)
+                answer.parts.append(event)
             elif type(event) is events.Reset:
                 answer.parts.clear()
         return answer
@@ -183,7 +183,6 @@ class Producer:
     async def _attempt(self, request: GenerationRequest, skip: int) -> bool:
         """One upstream attempt; True when it reached message_stop."""
         append = self._log.append
-        text = events.Text
         sid = self.stream_id
         parts = self._answer.parts
         usage = Usage()
@@ -201,9 +200,8 @@ class Producer:
                             continue
                         skip = 0
                     self._attempt_deltas += 1
-                    event = text(delta)
-                    parts.append(event)
-                    await append(sid, event)
+                    parts.append(delta)
+                    await append(sid, delta)  # a text event is the delta itself
                 elif isinstance(delta, MessageStart):
                     usage = delta.usage
                 elif isinstance(delta, ToolUse):

@@ -26,7 +26,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.errors import StoreUnavailable
-from tokenrelay.events import TERMINAL_TYPES, Event, Text, event_fields, event_from
+from tokenrelay.events import (
+    TERMINAL_TYPES,
+    TEXT_KIND,
+    Event,
+    Text,
+    event_fields,
+    event_from,
+    kind_of,
+)
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
@@ -92,8 +100,8 @@ def _request_from(raw: bytes) -> GenerationRequest:
 def _entry_fields(event: Event) -> tuple[str | bytes, ...]:
     """An event as the fields of its log entry (the schema is in `keys`)."""
     if type(event) is Text:
-        return ("k", "text", "t", event.text)
-    return ("k", event.kind, "d", orjson.dumps(event_fields(event)))
+        return ("k", TEXT_KIND, "t", event)
+    return ("k", kind_of(event), "d", orjson.dumps(event_fields(event)))
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
