@@ -12,6 +12,7 @@ import pytest
 from tests.support import (
     Stack,
     eventually_async,
+    log_events,
     read_stream,
     resume,
     run_stack,
@@ -77,6 +78,8 @@ async def test_abandoned_stream_is_cancelled_and_its_log_expires(
         )
         tail = await resume(client, head.last_id)
         assert tail.events[-1].data["code"] == "abandoned"
+        abandoned = log_events(stack.log_text(), "stream_abandoned")
+        assert abandoned == [{"event": "stream_abandoned", "stream_id": head.events[0].stream_id}]
         await asyncio.sleep(1.3)  # stream_ttl is 1 s
         gone = await client.get(f"/api/streams/{head.events[0].stream_id}")
         assert gone.status_code == 404

@@ -22,6 +22,7 @@ from tests.support import (
     direct_text,
     eventually,
     free_port,
+    log_events,
     nginx,
     read_stream,
     redis_server,
@@ -84,6 +85,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield Cluster(simulator, redis, lb, gateways)
 
 
+def stream_id_of(events: list[StreamEvent]) -> str:
+    return events[0].id.rpartition(":")[0]
+
+
 async def stream_through(
     cluster: Cluster, prompt: str, *, after: int, then: Callable[[str], None]
 ) -> tuple[list[StreamEvent], str]:
@@ -118,7 +123,11 @@ async def test_killed_instance_stream_is_taken_over_and_resumed_exactly_once(
     events, serving = await stream_through(cluster, prompt, after=10, then=kill)
     assert_whole_answer(events, expected)
     survivor = next(g for g in cluster.gateways if g.instance != serving)
-    assert "taking over stream" in survivor.log.read_text()
+    takeovers = log_events(survivor.log.read_text(), "takeover")
+    assert [t["stream_id"] for t in takeovers] == [stream_id_of(events)]
+    # The survivor continued from exactly what the log held: that many events, that text.
+    held = events[: int(takeovers[0]["events"])]
+    assert int(takeovers[0]["chars"]) == len("".join(e.token or "" for e in held))
 
 
 async def test_sigterm_hands_streams_over_at_once(cluster: Cluster) -> None:
@@ -136,7 +145,7 @@ async def test_sigterm_hands_streams_over_at_once(cluster: Cluster) -> None:
     victim = stopped[0]
     # It exits well before its 10 s drain timeout: handing over does not wait.
     assert victim.proc.wait(timeout=8) == 0
-    assert "handed 1 streams over" in victim.log.read_text()
+    assert [h["count"] for h in log_events(victim.log.read_text(), "handover")] == ["1"]
 
 
 async def test_mid_stream_upstream_error_is_continued_on_redis(cluster: Cluster) -> None:
@@ -229,16 +238,16 @@ async def test_readers_follow_a_stream_their_instance_lost_to_another(cluster: C
     def lose_to_b(_: str) -> None:
         cluster.redis.stop()
         eventually(
-            lambda: "stream store lost mid-stream" in a.log.read_text(),
-            what="instance A to log that it lost the store",
+            lambda: log_events(a.log.read_text(), "store_lost"),
+            what="instance A to log store_lost",
             within=30,
         )
         a.proc.send_signal(signal.SIGSTOP)
         try:
             cluster.redis.start()
             eventually(
-                lambda: "taking over stream" in b.log.read_text(),
-                what="instance B to log that it took the stream over",
+                lambda: log_events(b.log.read_text(), "takeover"),
+                what="instance B to log takeover",
                 within=30,
             )
         finally:
@@ -251,4 +260,7 @@ async def test_readers_follow_a_stream_their_instance_lost_to_another(cluster: C
             if len(events) == 6:
                 await asyncio.to_thread(lose_to_b, a.instance)
     assert_whole_answer(events, expected)
-    assert "taking over stream" not in a.log.read_text()
+    stream_id = stream_id_of(events)
+    assert [e["stream_id"] for e in log_events(a.log.read_text(), "store_lost")] == [stream_id]
+    assert [e["stream_id"] for e in log_events(b.log.read_text(), "takeover")] == [stream_id]
+    assert log_events(a.log.read_text(), "takeover") == []

@@ -8,7 +8,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Stack, direct_text, run_stack, start, text_of, unique
+from tests.support import (
+    Stack,
+    assert_whole_answer,
+    direct_text,
+    log_events,
+    run_stack,
+    start,
+    text_of,
+    unique,
+)
 
 
 async def test_429_twice_then_success_is_retried_into_one_seamless_answer(
@@ -17,10 +26,13 @@ async def test_429_twice_then_success_is_retried_into_one_seamless_answer(
     words = unique("Rate limited twice [[sim:tokens=15]]")
     async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
         read = await start(client, {"prompt": f"{words} [[sim:status=429]] [[sim:fail_times=2]]"})
-    assert read.events[-1].data["done"] is True
-    assert read.text == await direct_text(own_stack.simulator, words)
+    assert_whole_answer(read.events, await direct_text(own_stack.simulator, words))
     assert own_stack.sim_stats()["requests"] == 3 + 1  # two refusals, the answer, direct_text
-    assert own_stack.log_text().count("upstream attempt failed, retrying") == 2
+    retries = log_events(own_stack.log_text(), "upstream_retry")
+    assert [(r["stream_id"], r["retry"], r["status"], r["error_type"]) for r in retries] == [
+        (read.events[0].stream_id, "1", "429", "rate_limit_error"),
+        (read.events[0].stream_id, "2", "429", "rate_limit_error"),
+    ]
 
 
 async def test_529_past_the_retry_limit_ends_in_a_retryable_error(own_stack: Stack) -> None:
@@ -35,23 +47,35 @@ async def test_529_past_the_retry_limit_ends_in_a_retryable_error(own_stack: Sta
     assert sum("error" in e.data or "done" in e.data for e in read.events) == 1
 
 
-@pytest.mark.parametrize("fault", ["error_after=6", "drop_after=6"])
+@pytest.mark.parametrize(
+    ("fault", "error_type"), [("error_after=6", "overloaded_error"), ("drop_after=6", "api_error")]
+)
 async def test_mid_stream_failure_is_continued_by_prefill_into_one_seamless_text(
-    own_stack: Stack, fault: str
+    own_stack: Stack, fault: str, error_type: str
 ) -> None:
     words = unique("Breaks midway [[sim:tokens=20]]")
     async with httpx.AsyncClient(base_url=own_stack.gateway, timeout=30) as client:
         read = await start(client, {"prompt": f"{words} [[sim:{fault}]] [[sim:fail_times=1]]"})
-    assert read.text == await direct_text(own_stack.simulator, words)
+    assert_whole_answer(read.events, await direct_text(own_stack.simulator, words))
     assert sum(e.token is not None for e in read.events) == 20
-    assert [e.seq for e in read.events] == list(range(len(read.events)))
     final = read.events[-1].data
-    assert final["done"] is True and final["stop_reason"] == "end_turn"
+    assert final["stop_reason"] == "end_turn"
     assert not any("reset" in e.data for e in read.events)
     # Both attempts are billed: 6 deltas, then the 14 of the continuation.
     assert final["usage"]["output_tokens"] == 20
     assert own_stack.sim_stats()["requests"] == 2 + 1  # two attempts, and direct_text
-    assert "continuing by prefill" in own_stack.log_text()
+    # It continued from the 6 deltas it had (start event, then one event per delta).
+    before_cut = text_of(read.events[:7])
+    assert log_events(own_stack.log_text(), "continuation") == [
+        {
+            "event": "continuation",
+            "stream_id": read.events[0].stream_id,
+            "mode": "prefill",
+            "attempt": "1",
+            "chars": str(len(before_cut)),
+            "error_type": error_type,
+        }
+    ]
 
 
 async def test_failure_that_persists_ends_after_the_continuation_limit(
@@ -83,6 +107,12 @@ async def test_model_that_rejects_prefill_restarts_with_reset(
     after_reset = text_of(read.events[7:])
     assert after_reset == await direct_text(stack.simulator, words, model="claude-sonnet-4-6")
     assert read.events[-1].data["usage"]["output_tokens"] == 20
+    # The shared stack logs other tests' streams too: only this one's events count.
+    stream_id = read.events[0].stream_id
+    log = stack.log_text()
+    resets = [e for e in log_events(log, "reset") if e["stream_id"] == stream_id]
+    assert resets == [{"event": "reset", "stream_id": stream_id, "error_type": "api_error"}]
+    assert [e for e in log_events(log, "continuation") if e["stream_id"] == stream_id] == []
 
 
 async def test_cut_inside_a_tool_use_block_ends_with_a_clear_error(
@@ -148,4 +178,7 @@ async def test_silent_upstream_is_treated_as_dropped_and_continued(
     assert read.events[-1].data["done"] is True
     # The stalled connection was given up on (the simulator saw it go), then continued.
     assert impatient_stack.sim_stats()["disconnected"] == 1
-    assert "continuing by prefill" in impatient_stack.log_text()
+    continuations = log_events(impatient_stack.log_text(), "continuation")
+    assert [(c["stream_id"], c["mode"]) for c in continuations] == [
+        (read.events[0].stream_id, "prefill")
+    ]
