@@ -12,7 +12,7 @@ from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
-from tokenrelay.registry import build_provider, build_store
+from tokenrelay.registry import build_provider, build_store, build_usage
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.validation import Limits, RequestValidator
@@ -73,6 +73,9 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
         stack.push_async_callback(store.aclose)
         provider = build_provider(settings)
         stack.push_async_callback(provider.aclose)
+        usage = build_usage(settings)
+        # Closed after the manager, so the records of the streams it ends are written.
+        stack.push_async_callback(usage.aclose)
         manager = StreamManager(
             log=store.log,
             cluster=store.cluster,
@@ -83,6 +86,7 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
                 heartbeat_interval=settings.heartbeat_interval,
                 abandon_after=settings.abandon_after,
             ),
+            usage=usage,
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()

@@ -14,6 +14,7 @@ from tokenrelay.config import Settings
 from tokenrelay.providers.base import Provider
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.log import StreamLog
+from tokenrelay.usage.record import UsageSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,20 @@ def store_kind(store: str) -> str:
     if store.startswith(("redis://", "rediss://", "unix://")):
         return "redis"
     raise ValueError(f"Unknown store {store!r}: use 'memory' or a redis:// URL")
+
+
+def _no_usage(settings: Settings) -> UsageSink:
+    from tokenrelay.usage.record import NoUsage
+
+    return NoUsage()
+
+
+# Where stream records go. (The SQL ledger plugs in here.)
+USAGE_SINKS: dict[str, Callable[[Settings], UsageSink]] = {"off": _no_usage}
+
+
+def build_usage(settings: Settings) -> UsageSink:
+    return USAGE_SINKS["off"](settings)
 
 
 def build_provider(settings: Settings) -> Provider:

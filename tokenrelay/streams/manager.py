@@ -34,6 +34,7 @@ from tokenrelay.streams.producer import (
     RetryPolicy,
     StopReason,
 )
+from tokenrelay.usage.record import NoUsage, StreamRecord, UsageSink
 
 log = logging.getLogger("tokenrelay.streams")
 
@@ -48,6 +49,33 @@ def new_stream_id() -> str:
 
 def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def usage_record(meta: StreamMeta, producer: Producer) -> StreamRecord:
+    usage = producer.usage
+    return StreamRecord(
+        stream_id=meta.stream_id,
+        request_id=meta.request_id,
+        principal=meta.owner,
+        model=producer.request.model,
+        served_model=producer.served_model,
+        status=producer.status,
+        stop_reason=producer.stop_reason_text,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cost_usd=producer.cost_usd,
+        estimated=producer.estimated,
+        cached=False,
+        coalesced=0,
+        retries=producer.retries_total,
+        continuations=producer.continuations,
+        ttft_ms=producer.ttft_ms,
+        duration_ms=producer.duration_ms,
+        started_at=producer.started_at,
+        finished_at=time.time(),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,8 +94,10 @@ class StreamManager:
         models: ModelTable,
         retry: RetryPolicy,
         timings: StreamTimings,
+        usage: UsageSink | None = None,
     ) -> None:
         self.log = log
+        self.usage: UsageSink = usage or NoUsage()
         self.cluster = cluster
         self.provider = provider
         self.models = models
@@ -123,10 +153,11 @@ class StreamManager:
         await self.log.create(meta)
         await self.cluster.claim(stream_id)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
-        self._spawn(stream_id, request, None)
+        self._spawn(meta, request, None)
         return stream_id
 
-    def _spawn(self, stream_id: str, request: GenerationRequest, answer: Answer | None) -> None:
+    def _spawn(self, meta: StreamMeta, request: GenerationRequest, answer: Answer | None) -> None:
+        stream_id = meta.stream_id
         producer = Producer(
             stream_id=stream_id,
             request=request,
@@ -138,7 +169,7 @@ class StreamManager:
         )
         task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
         self._producers[stream_id] = (producer, task)
-        task.add_done_callback(lambda _t: self._producer_done(stream_id))
+        task.add_done_callback(lambda _t: self._producer_done(meta, producer))
         # A stream nobody ever reads is abandoned like one whose reader left.
         self._arm_abandon(stream_id)
 
@@ -213,7 +244,7 @@ class StreamManager:
             log, "takeover", level=logging.WARNING, stream_id=meta.stream_id,
             events=len(entries), chars=len(answer.text),
         )  # fmt: skip
-        self._spawn(meta.stream_id, meta.request, answer)
+        self._spawn(meta, meta.request, answer)
 
     async def stop_for_handover(self) -> list[str]:
         handed = list(self._producers)
@@ -270,8 +301,11 @@ class StreamManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _producer_done(self, stream_id: str) -> None:
+    def _producer_done(self, meta: StreamMeta, producer: Producer) -> None:
+        stream_id = meta.stream_id
         self._producers.pop(stream_id, None)
+        if producer.finished:  # not handed over nor lost: its record is complete
+            self.usage.record(usage_record(meta, producer))
         # Whether it finished, was handed over or lost the store, this instance no
         # longer writes the stream.
         self.cluster.producer_ended(stream_id)

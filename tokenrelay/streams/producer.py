@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -139,10 +140,29 @@ class Producer:
         if answer is not None:  # the earlier producer's usage is lost with it: estimate
             self.usage.output_tokens = len(answer.parts)
         self.stop_reason: StopReason = CANCELLED
-        self.retries = 0
+        self.retries = 0  # in a row, before the current attempt's first delta
+        self.retries_total = 0
         self.continuations = 0
         self._attempt_deltas = 0
         self.finished = False
+        # How it went, for the stream's usage record.
+        self.status = "running"  # then "done", or the code of the final error
+        self.stop_reason_text: str | None = None
+        self.served_model = request.model
+        # Usage counted from the deltas seen, not reported (a cut, a cancel, a takeover).
+        self.estimated = answer is not None
+        self.started_at = time.time()
+        self.first_text_at: float | None = None  # time.monotonic() of the first text
+        self._t0 = time.monotonic()
+
+    @property
+    def ttft_ms(self) -> float | None:
+        first = self.first_text_at
+        return None if first is None else (first - self._t0) * 1000
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.monotonic() - self._t0) * 1000
 
     async def run(self) -> None:
         try:
@@ -189,9 +209,12 @@ class Producer:
         self._attempt_deltas = 0
         ended = False
         stop_reason: str | None = None
+        untimed = self.first_text_at is None
         try:
             async for delta in self._provider.stream(request):
                 if type(delta) is str:
+                    if untimed:
+                        self.first_text_at, untimed = time.monotonic(), False
                     if skip:
                         dropped = min(skip, len(delta) - len(delta.lstrip()))
                         delta = delta[dropped:]
@@ -204,6 +227,7 @@ class Producer:
                     await append(sid, delta)  # a text event is the delta itself
                 elif isinstance(delta, MessageStart):
                     usage = delta.usage
+                    self.served_model = delta.model or self.request.model
                 elif isinstance(delta, ToolUse):
                     self._attempt_deltas += 1
                     await append(sid, events.ToolUse(delta.id, delta.name, delta.input))
@@ -216,6 +240,7 @@ class Producer:
             # estimate of what the attempt cost.
             if not ended:
                 usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
+                self.estimated = self.estimated or self._attempt_deltas > 0
             self.usage.add(usage)
         if ended:
             await self._finish_done(stop_reason)
@@ -237,6 +262,7 @@ class Producer:
                 await self._finish_error(exc.message, exc.code, True)
                 return False
             self.retries += 1
+            self.retries_total += 1
             log_event(
                 log, "upstream_retry", level=logging.WARNING, stream_id=sid,
                 retry=self.retries, delay_s=wait, status=exc.status, error_type=exc.error_type,
@@ -273,17 +299,20 @@ class Producer:
         await self._log.append(self.stream_id, RESET)
         return True
 
-    def _cost_usd(self) -> float:
+    @property
+    def cost_usd(self) -> float:
         return self._models.cost_usd(self.request.model, self.usage)
 
     async def _finish_done(self, stop_reason: str | None) -> None:
         self.finished = True
-        done = events.Done(stop_reason, self.usage.as_dict(), self._cost_usd())
+        self.status, self.stop_reason_text = "done", stop_reason
+        done = events.Done(stop_reason, self.usage.as_dict(), self.cost_usd)
         await self._log.append(self.stream_id, done)
 
     async def _finish_error(self, message: str, code: str, retryable: bool) -> None:
         if self.finished:
             return
         self.finished = True
-        failed = events.Failed(message, code, retryable, self.usage.as_dict(), self._cost_usd())
+        self.status = code
+        failed = events.Failed(message, code, retryable, self.usage.as_dict(), self.cost_usd)
         await self._log.append(self.stream_id, failed)

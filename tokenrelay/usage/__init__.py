@@ -1,0 +1,1 @@
+"""What streams cost: one record per stream, and where records go."""
