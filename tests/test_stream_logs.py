@@ -55,10 +55,14 @@ async def test_a_waiting_reader_is_woken_by_an_append(log: StreamLog) -> None:
     m = meta()
     await log.create(m)
     await log.append(m.stream_id, Start(m.stream_id, "req_1", "claude-haiku-4-5"))
-    waiting = asyncio.create_task(log.read(m.stream_id, 0, 5))
+    # The read may wait 30 s but must be done within 5: only the append's wake-up ends it
+    # in time, never its own wait running out and reading again.
+    waiting = asyncio.create_task(log.read(m.stream_id, 0, 30))
     await asyncio.sleep(0.05)
+    assert not waiting.done()
     await log.append(m.stream_id, Text("a"))
-    entries = await waiting
+    async with asyncio.timeout(5):
+        entries = await waiting
     assert entries is not None and [(e.seq, e.event) for e in entries] == [(1, Text("a"))]
 
 
@@ -101,10 +105,12 @@ async def test_a_reader_in_another_process_follows_live_appends(redis: Redis) ->
     await writer.create(m)
     await writer.append(m.stream_id, START)
     assert [e.seq for e in await reader.read(m.stream_id, -1, 0) or []] == [0]
-    waiting = asyncio.create_task(reader.read(m.stream_id, 0, 5))
+    waiting = asyncio.create_task(reader.read(m.stream_id, 0, 30))
     await asyncio.sleep(0.05)
+    assert not waiting.done()
     await writer.append(m.stream_id, Text("live"))
-    entries = await waiting
+    async with asyncio.timeout(5):  # followed live, not found when the 30 s wait ran out
+        entries = await waiting
     assert entries is not None and [e.event for e in entries] == [Text("live")]
     await writer.aclose()
     await reader.aclose()
