@@ -16,6 +16,7 @@ from tokenrelay.providers.base import GenerationRequest, Usage
 from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
 from tokenrelay.simulator.engine import Simulator
+from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.usage.record import UsageList
@@ -35,6 +36,7 @@ async def manager() -> AsyncIterator[tuple[StreamManager, UsageList]]:
         retry=RetryPolicy(retries=3, base_delay=0.01, max_delay=0.02),
         timings=StreamTimings(heartbeat_interval=0.5),
         usage=usage,
+        coalescer=Coalescer("principal", guest_ttl=1),
     )
     await manager.open()
     yield manager, usage
@@ -130,3 +132,19 @@ async def test_a_failed_stream_records_its_error_code(
     assert (rec.status, rec.retries, rec.output_tokens, rec.ttft_ms, rec.estimated) == (
         "overloaded", 3, 0, None, False,
     )  # fmt: skip
+
+
+async def test_requests_that_joined_a_stream_are_counted_on_its_one_record(
+    manager: tuple[StreamManager, UsageList],
+) -> None:
+    mgr, usage = manager
+    req = request("Together [[sim:tokens=10]] [[sim:tps=50]]")
+    ids = await asyncio.gather(
+        *(mgr.start(req, owner="alice", request_id=f"r{i}", body_fingerprint="f") for i in range(5))
+    )
+    assert len(set(ids)) == 1
+    async for _ in mgr.follow(ids[0], -1):
+        pass
+    await asyncio.sleep(0)
+    [rec] = usage.records
+    assert (rec.coalesced, rec.request_id, rec.output_tokens) == (4, "r0", 10)

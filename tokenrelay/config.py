@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     drain_timeout: float = 25.0
     # Mid-answer failures continued (by prefill, or restarted with `reset`) per stream.
     continuation_attempts: int = 3
+    # An identical request while the first still generates joins it: from the same
+    # caller ("principal": retries, double submits), from anyone ("global"), or never.
+    coalesce: Literal["off", "principal", "global"] = "principal"
 
     # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
     auth: Literal["none", "api_key", "jwt"] = "none"

@@ -13,6 +13,7 @@ from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.registry import build_provider, build_store, build_usage
+from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.validation import Limits, RequestValidator
@@ -87,6 +88,7 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
                 abandon_after=settings.abandon_after,
             ),
             usage=usage,
+            coalescer=Coalescer(settings.coalesce, guest_ttl=settings.stream_ttl),
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()

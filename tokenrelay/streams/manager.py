@@ -23,6 +23,7 @@ from tokenrelay.observability.logfmt import log_event
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
 from tokenrelay.streams.cluster import Cluster
+from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
 from tokenrelay.streams.producer import (
     ABANDONED,
@@ -51,7 +52,7 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def usage_record(meta: StreamMeta, producer: Producer) -> StreamRecord:
+def usage_record(meta: StreamMeta, producer: Producer, coalesced: int) -> StreamRecord:
     usage = producer.usage
     return StreamRecord(
         stream_id=meta.stream_id,
@@ -68,7 +69,7 @@ def usage_record(meta: StreamMeta, producer: Producer) -> StreamRecord:
         cost_usd=producer.cost_usd,
         estimated=producer.estimated,
         cached=False,
-        coalesced=0,
+        coalesced=coalesced,
         retries=producer.retries_total,
         continuations=producer.continuations,
         ttft_ms=producer.ttft_ms,
@@ -95,6 +96,7 @@ class StreamManager:
         retry: RetryPolicy,
         timings: StreamTimings,
         usage: UsageSink | None = None,
+        coalescer: Coalescer | None = None,
     ) -> None:
         self.log = log
         self.usage: UsageSink = usage or NoUsage()
@@ -108,6 +110,7 @@ class StreamManager:
         self._readers: dict[str, int] = {}
         self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._coalescer = coalescer or Coalescer("off", 0)
         self.draining = False
         self._readers_closed = False
 
@@ -125,12 +128,21 @@ class StreamManager:
         body_fingerprint: str,
         idempotency_key: str | None = None,
     ) -> str:
-        """Start a stream (or, for a known Idempotency-Key, find it); returns its id.
-        The `Start` event is in the log before this returns."""
+        """Start a stream (or, for a known Idempotency-Key or an identical request still
+        generating, find it); returns its id. The `Start` event is in the log before
+        this returns."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
-        if idempotency_key is not None:
+        coalesce_key = None
+        if idempotency_key is None:  # an explicit key says which stream it means
+            coalesce_key = self._coalescer.key(request, owner)
+            if coalesce_key is not None:
+                joined = await self._coalescer.join(coalesce_key, owner)
+                if joined is not None:
+                    log_event(log, "coalesced", stream_id=joined, request_id=request_id)
+                    return joined
+        else:
             bound_id, bound_fp = await self.log.claim_idempotency_key(
                 owner, idempotency_key, stream_id, body_fingerprint
             )
@@ -140,6 +152,33 @@ class StreamManager:
                         "Idempotency-Key was already used with a different request body"
                     )
                 return bound_id
+        if coalesce_key is None:
+            await self._create(stream_id, request, owner, request_id, body_fingerprint,
+                               idempotency_key)  # fmt: skip
+            return stream_id
+        ready = self._coalescer.starting(coalesce_key, stream_id, owner)
+        try:
+            await self._create(stream_id, request, owner, request_id, body_fingerprint, None)
+        except BaseException as exc:
+            self._coalescer.ended(stream_id)
+            if isinstance(exc, asyncio.CancelledError):
+                ready.cancel()
+            else:
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: nobody else may be waiting for it
+            raise
+        ready.set_result(None)
+        return stream_id
+
+    async def _create(
+        self,
+        stream_id: str,
+        request: GenerationRequest,
+        owner: str,
+        request_id: str,
+        body_fingerprint: str,
+        idempotency_key: str | None,
+    ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
             owner=owner,
@@ -154,7 +193,6 @@ class StreamManager:
         await self.cluster.claim(stream_id)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
         self._spawn(meta, request, None)
-        return stream_id
 
     def _spawn(self, meta: StreamMeta, request: GenerationRequest, answer: Answer | None) -> None:
         stream_id = meta.stream_id
@@ -176,7 +214,7 @@ class StreamManager:
     async def lookup(self, stream_id: str, owner: str) -> StreamMeta:
         """The stream's metadata, if it exists and belongs to `owner`; else StreamNotFound."""
         meta = await self.log.meta(stream_id)
-        if meta is None or meta.owner != owner:
+        if meta is None or (meta.owner != owner and not self._coalescer.may_read(stream_id, owner)):
             raise StreamNotFound(f"No stream {stream_id!r}: unknown, expired, or not yours")
         return meta
 
@@ -304,8 +342,9 @@ class StreamManager:
     def _producer_done(self, meta: StreamMeta, producer: Producer) -> None:
         stream_id = meta.stream_id
         self._producers.pop(stream_id, None)
+        joined = self._coalescer.ended(stream_id)
         if producer.finished:  # not handed over nor lost: its record is complete
-            self.usage.record(usage_record(meta, producer))
+            self.usage.record(usage_record(meta, producer, joined))
         # Whether it finished, was handed over or lost the store, this instance no
         # longer writes the stream.
         self.cluster.producer_ended(stream_id)
