@@ -3,6 +3,8 @@ screen, and the upstream key that never leaves the server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from tests.support import (
     ROOT,
     Stack,
     assert_error,
+    assert_whole_answer,
     direct_text,
     free_port,
     log_events,
@@ -83,15 +86,38 @@ async def test_a_ticket_starts_one_stream_and_resumes_only_that_one(
     assert ticket not in log and key not in log
 
 
-async def test_an_expired_ticket_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_ticket_streams_within_its_ttl_and_is_refused_after(
+    tmp_path: Path, store: str
+) -> None:
     args, key = api_key_auth(tmp_path, "alice")
-    with run_stack(tmp_path, *args, TOKENRELAY_TICKET_TTL="0") as stack:
+    with contextlib.ExitStack() as running:
+        if store == "redis":
+            args += ["--store", running.enter_context(redis_server(tmp_path / "redis")).url]
+        stack = running.enter_context(run_stack(tmp_path, *args, TOKENRELAY_TICKET_TTL="1"))
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
-            ticket = (await client.post("/api/tickets", headers={"x-api-key": key})).json()
-            response = await client.get(
-                "/api/stream-response", params={"prompt": "hi", "ticket": ticket["ticket"]}
+
+            async def ticket() -> str:
+                issued = await client.post("/api/tickets", headers={"x-api-key": key})
+                assert issued.status_code == 200 and issued.json()["expires_in"] == 1
+                return str(issued.json()["ticket"])
+
+            url = "/api/stream-response"
+            # The control: the same flow with a fresh ticket streams the whole answer,
+            # so the refusal below is the expiry, not tickets failing altogether.
+            prompt = unique("Within the ticket's life [[sim:tokens=6]]")
+            fresh = await read_stream(
+                client, "GET", url, params={"prompt": prompt, "ticket": await ticket()}
             )
-            assert_error(response, 401, "authentication_error")
+            assert_whole_answer(fresh.events, await direct_text(stack.simulator, prompt))
+            stale = await ticket()
+            await asyncio.sleep(1.5)  # past its 1 s ttl
+            response = await client.get(url, params={"prompt": prompt, "ticket": stale})
+    assert response.status_code == 401
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Invalid or expired ticket"},
+    }
 
 
 # --- refusing to start unsafely --------------------------------------------------------
