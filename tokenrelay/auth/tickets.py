@@ -75,28 +75,39 @@ class MemoryTickets:
 
 
 class RedisTickets:
-    """Tickets every instance honours, on the stream store's own connection pool."""
+    """Tickets every instance honours, on the stream store's own connection pool.
+
+    Redis being unreachable is `StoreUnavailable` (503 + Retry-After), as for streams.
+    """
 
     def __init__(self, client: aioredis.Redis) -> None:
+        # Imported here, not atop the module: only a Redis store loads redis-py.
+        from tokenrelay.streams.redis import store_errors
+
         self._redis = client
+        self._store_errors = store_errors
 
     async def issue(self, principal: Principal, ttl: float) -> str:
         ticket = new_ticket()
-        await self._redis.set(keys.ticket_key(ticket), principal.id, ex=max(1, int(ttl)))
+        with self._store_errors():
+            await self._redis.set(keys.ticket_key(ticket), principal.id, ex=max(1, int(ttl)))
         return ticket
 
     async def redeem(self, ticket: str) -> Principal:
-        owner = cast(bytes | None, await self._redis.getdel(keys.ticket_key(ticket)))
+        with self._store_errors():
+            owner = cast(bytes | None, await self._redis.getdel(keys.ticket_key(ticket)))
         if owner is None:
             raise AuthenticationFailed(INVALID)
         return Principal(owner.decode())
 
     async def bind(self, ticket: str, principal: Principal, stream_id: str, ttl: float) -> None:
         value = f"{principal.id} {stream_id}"
-        await self._redis.set(keys.ticket_stream_key(ticket), value, ex=max(1, int(ttl)))
+        with self._store_errors():
+            await self._redis.set(keys.ticket_stream_key(ticket), value, ex=max(1, int(ttl)))
 
     async def resume(self, ticket: str, stream_id: str) -> Principal:
-        value = cast(bytes | None, await self._redis.get(keys.ticket_stream_key(ticket)))
+        with self._store_errors():
+            value = cast(bytes | None, await self._redis.get(keys.ticket_stream_key(ticket)))
         owner, _, bound = (value or b"").decode().rpartition(" ")
         if not owner or bound != stream_id:
             raise AuthenticationFailed(INVALID)
