@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, read_stream, spawn, unique
+from tests.support import eventually_async, free_port, read_stream, spawn, unique
 
 
 def gateway(tmp_path: Path, drain_timeout: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -46,8 +46,12 @@ async def test_drain_lets_in_flight_streams_finish_and_refuses_new_ones(
         )
         await asyncio.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        ready = await client.get("/readyz")
+
+        def draining() -> httpx.Response | None:
+            response = httpx.get(f"{url}/readyz")
+            return response if response.status_code == 503 else None
+
+        ready = await eventually_async(draining, what="readiness to turn 503 after SIGTERM")
         refused = await client.post("/api/stream-response", json={"prompt": "too late"})
         read = await reading
     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
