@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # caller ("principal": retries, double submits), from anyone ("global"), or never.
     coalesce: Literal["off", "principal", "global"] = "principal"
 
+    # Rate limits per principal, per minute (0 = unlimited), across every instance that
+    # shares the store; tokens are reserved as prompt estimate + max_tokens, then settled.
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+    # Per-principal overrides, e.g. '{"alice": {"rpm": 600, "tpm": 0}}'.
+    rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+
     # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
     auth: Literal["none", "api_key", "jwt"] = "none"
     insecure_no_auth: bool = False

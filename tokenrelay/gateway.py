@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from tokenrelay.admission.rate_limits import Limit, RateLimits
 from tokenrelay.auth.base import Authenticator
 from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.tickets import TicketStore
@@ -53,6 +54,7 @@ class Gateway:
     validator: RequestValidator
     authenticator: Authenticator
     tickets: TicketStore
+    rate_limits: RateLimits
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -63,6 +65,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         retry_after_ceiling=settings.retry_after_ceiling,
         continuations=settings.continuation_attempts,
     )
+
+
+def rate_limits_of(settings: Settings) -> tuple[Limit, dict[str, Limit]]:
+    """The default limit, and the principals whose limit differs."""
+    default = Limit(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    overrides = {
+        principal: Limit(
+            int(limit.get("rpm", default.requests)), int(limit.get("tpm", default.tokens))
+        )
+        for principal, limit in settings.rate_limits.items()
+    }
+    return default, overrides
 
 
 @asynccontextmanager
@@ -99,4 +113,5 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             prepared.validator,
             prepared.authenticator,
             store.tickets,
+            RateLimits(store.rate_counters, *rate_limits_of(settings)),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tokenrelay.admission.rate_limits import Counters
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.providers.base import Provider
@@ -24,8 +25,10 @@ class Store:
     log: StreamLog
     cluster: Cluster
     # Tickets live beside the logs (in Redis when they are), so that an EventSource
-    # reconnect may land on any instance.
+    # reconnect may land on any instance; so do the rate-limit counters, so that a
+    # limit holds across instances.
     tickets: TicketStore
+    rate_counters: Counters
 
     async def aclose(self) -> None:
         await self.cluster.aclose()
@@ -45,14 +48,17 @@ def _anthropic(settings: Settings) -> Provider:
 
 
 def _memory(settings: Settings) -> Store:
+    from tokenrelay.admission.rate_limits import MemoryCounters
     from tokenrelay.auth.tickets import MemoryTickets
     from tokenrelay.streams.cluster import LocalCluster
     from tokenrelay.streams.memory import MemoryLog
 
-    return Store(MemoryLog(stream_ttl=settings.stream_ttl), LocalCluster(), MemoryTickets())
+    log = MemoryLog(stream_ttl=settings.stream_ttl)
+    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters())
 
 
 def _redis(settings: Settings) -> Store:
+    from tokenrelay.admission.rate_limits import RedisCounters
     from tokenrelay.auth.tickets import RedisTickets
     from tokenrelay.streams.redis import RedisLog
     from tokenrelay.streams.redis_cluster import RedisCluster
@@ -62,7 +68,7 @@ def _redis(settings: Settings) -> Store:
         stream_ttl=settings.stream_ttl,
         max_connections=settings.redis_max_connections,
     )
-    return Store(log, RedisCluster(log), RedisTickets(log.client))
+    return Store(log, RedisCluster(log), RedisTickets(log.client), RedisCounters(log.client))
 
 
 PROVIDERS: dict[str, Callable[[Settings], Provider]] = {

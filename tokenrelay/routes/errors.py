@@ -31,7 +31,8 @@ def error_response(
 
 async def gateway_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc.status, exc.error_type, exc.message, exc.retry_after)
+    headers: dict[str, str] | None = getattr(exc, "headers", None)  # e.g. a 429's quotas
+    return error_response(exc.status, exc.error_type, exc.message, exc.retry_after, headers)
 
 
 async def validation_error(_: Request, exc: Exception) -> Response:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse
 
+from tokenrelay.admission.rate_limits import UNLIMITED, Admission, estimate_tokens
 from tokenrelay.auth.base import Principal
 from tokenrelay.dialects.tokens import TokensDialect, parse_last_event_id
 from tokenrelay.errors import InvalidRequest
 from tokenrelay.gateway import Gateway
+from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.routes.deps import Caller, GatewayDep, authenticate
 from tokenrelay.routes.openapi import SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse, stream_frames
-from tokenrelay.streams.manager import fingerprint
+from tokenrelay.streams.manager import Settle, fingerprint
 
 router = APIRouter()
 
@@ -38,12 +41,19 @@ def parse_after(last_event_id: str | None, stream_id: str | None) -> tuple[str, 
     return parsed
 
 
-def _respond(gw: Gateway, stream_id: str, after: int, request_id: str) -> SSEResponse:
+def _respond(
+    gw: Gateway,
+    stream_id: str,
+    after: int,
+    request_id: str,
+    admission: Admission = UNLIMITED,
+) -> SSEResponse:
     manager = gw.manager
     headers = {
         "x-request-id": request_id,
         "x-stream-id": stream_id,
         "x-tokenrelay-instance": manager.instance_id,
+        **admission.headers(),
     }
     dialect = TokensDialect(stream_id, gw.settings.client_retry_ms)
     return SSEResponse(stream_frames(manager, stream_id, after, dialect), headers)
@@ -74,14 +84,16 @@ async def start_stream(
         return await _resume(gw, caller, *resume, request_id)
     raw = await request.body()
     generation = gw.validator.from_json(raw)
+    admission = await _admit(gw, request, caller, generation)
     stream_id = await gw.manager.start(
         generation,
         owner=caller.id,
         request_id=request_id,
         body_fingerprint=fingerprint(raw),
         idempotency_key=idempotency_key,
+        on_end=_settlement(gw, admission),
     )
-    return _respond(gw, stream_id, -1, request_id)
+    return _respond(gw, stream_id, -1, request_id, admission)
 
 
 @router.get("/api/stream-response", responses={**SSE_OK, **errors(400, 401, 404, 429, 503)})
@@ -107,13 +119,36 @@ async def start_stream_eventsource(
     params = {k: v for k, v in request.query_params.items() if k != "ticket"}
     generation = gw.validator.from_query(params)
     caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
+    admission = await _admit(gw, request, caller, generation)
     query = str(request.url.query).encode()
     stream_id = await gw.manager.start(
-        generation, owner=caller.id, request_id=request_id, body_fingerprint=fingerprint(query)
+        generation,
+        owner=caller.id,
+        request_id=request_id,
+        body_fingerprint=fingerprint(query),
+        on_end=_settlement(gw, admission),
     )
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)
-    return _respond(gw, stream_id, -1, request_id)
+    return _respond(gw, stream_id, -1, request_id, admission)
+
+
+async def _admit(
+    gw: Gateway, request: Request, caller: Principal, generation: GenerationRequest
+) -> Admission:
+    """Count the request against its principal's limits (429 when they are full).
+    Without authentication every caller is the same principal: the client's address
+    tells them apart."""
+    who = caller.id
+    if gw.authenticator.mode == "none" and request.client is not None:
+        who = request.client.host
+    return await gw.rate_limits.admit(who, estimate_tokens(generation))
+
+
+def _settlement(gw: Gateway, admission: Admission) -> Settle | None:
+    if admission is UNLIMITED or not admission.reserved:
+        return None
+    return functools.partial(gw.rate_limits.settle, admission)
 
 
 @router.post("/api/tickets", responses=errors(401, 503))

@@ -15,6 +15,7 @@ tr:s:{id}:seen     epoch seconds a reader of the stream was last seen, on any in
 tr:idem:{owner}:{key}  "stream_id fingerprint" of an Idempotency-Key
 tr:ticket:{t}      owner of an unredeemed EventSource ticket; :stream once redeemed
 tr:running         set of stream ids whose producer has not finished
+tr:rate:{who}:{requests|tokens}:{minute}  a principal's use of a rate-limit window
 tr:cancel          pub/sub channel: stream ids to cancel, wherever they run
 """
 
@@ -67,3 +68,8 @@ def entry_id(seq: int) -> bytes:
 
 def seq_of(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[2]) - 1
+
+
+def rate_key(principal: str, counter: str, window: int) -> str:
+    # Two windows' lifetime: a reservation may be given back just after its minute.
+    return f"{PREFIX}:rate:{principal}:{counter}:{window}"

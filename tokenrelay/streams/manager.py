@@ -14,7 +14,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
@@ -38,6 +38,9 @@ from tokenrelay.streams.producer import (
 from tokenrelay.usage.record import NoUsage, StreamRecord, UsageSink
 
 log = logging.getLogger("tokenrelay.streams")
+
+# Called with the tokens a stream used, once they are known.
+Settle = Callable[[int], Coroutine[Any, Any, None]]
 
 # How often a reader tells the cluster it is still there (for abandonment).
 READER_TOUCH_S = 5.0
@@ -110,6 +113,8 @@ class StreamManager:
         self._readers: dict[str, int] = {}
         self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # What to tell when a stream's usage is known (e.g. the rate limiter's reservation).
+        self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
         self.draining = False
         self._readers_closed = False
@@ -127,10 +132,12 @@ class StreamManager:
         request_id: str,
         body_fingerprint: str,
         idempotency_key: str | None = None,
+        on_end: Settle | None = None,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
-        this returns."""
+        this returns. `on_end(tokens)` is called once, with the tokens the stream used
+        (0 for a request that joined another's stream), when they are known."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -141,6 +148,7 @@ class StreamManager:
                 joined = await self._coalescer.join(coalesce_key, owner)
                 if joined is not None:
                     log_event(log, "coalesced", stream_id=joined, request_id=request_id)
+                    self._settle(on_end, 0)
                     return joined
         else:
             bound_id, bound_fp = await self.log.claim_idempotency_key(
@@ -151,23 +159,28 @@ class StreamManager:
                     raise IdempotencyConflict(
                         "Idempotency-Key was already used with a different request body"
                     )
+                self._settle(on_end, 0)
                 return bound_id
-        if coalesce_key is None:
+        if on_end is not None:
+            self._on_end[stream_id] = on_end
+        ready = None
+        if coalesce_key is not None:
+            ready = self._coalescer.starting(coalesce_key, stream_id, owner)
+        try:
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
                                idempotency_key)  # fmt: skip
-            return stream_id
-        ready = self._coalescer.starting(coalesce_key, stream_id, owner)
-        try:
-            await self._create(stream_id, request, owner, request_id, body_fingerprint, None)
         except BaseException as exc:
-            self._coalescer.ended(stream_id)
-            if isinstance(exc, asyncio.CancelledError):
-                ready.cancel()
-            else:
-                ready.set_exception(exc)
-                ready.exception()  # retrieved: nobody else may be waiting for it
+            self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
+            if ready is not None:
+                self._coalescer.ended(stream_id)
+                if isinstance(exc, asyncio.CancelledError):
+                    ready.cancel()
+                else:
+                    ready.set_exception(exc)
+                    ready.exception()  # retrieved: nobody else may be waiting for it
             raise
-        ready.set_result(None)
+        if ready is not None:
+            ready.set_result(None)
         return stream_id
 
     async def _create(
@@ -333,6 +346,10 @@ class StreamManager:
         elif self._stop(stream_id, ABANDONED):
             log_event(log, "stream_abandoned", stream_id=stream_id)
 
+    def _settle(self, on_end: Settle | None, tokens: int) -> None:
+        if on_end is not None:
+            self._run(on_end(tokens))
+
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task the manager owns (cancelled by `aclose`)."""
         task = asyncio.create_task(work)
@@ -345,6 +362,9 @@ class StreamManager:
         joined = self._coalescer.ended(stream_id)
         if producer.finished:  # not handed over nor lost: its record is complete
             self.usage.record(usage_record(meta, producer, joined))
+            usage = producer.usage
+            used = usage.input_tokens + usage.cache_creation_input_tokens + usage.output_tokens
+            self._settle(self._on_end.pop(stream_id, None), used)
         # Whether it finished, was handed over or lost the store, this instance no
         # longer writes the stream.
         self.cluster.producer_ended(stream_id)
