@@ -24,6 +24,8 @@ BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str]] = [
     ("max_tokens over ceiling", {"prompt": "hi", "max_tokens": 10**6},
      "max_tokens must be between 1 and 64000"),
     ("unknown field", {"prompt": "hi", "bogus": 1}, "Unknown field: bogus"),
+    ("integer beyond 64 bits", {"prompt": "hi", "metadata": {"n": 2**64}},
+     "A number in the request is out of range: integers must fit in 64 bits"),
     ("unknown model", {"prompt": "hi", "model": "claude-nope-9"}, "Unknown model: claude-nope-9"),
     ("both prompt and messages", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
      "Send either prompt or messages, not both"),

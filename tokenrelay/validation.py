@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay.errors import InvalidRequest
@@ -106,7 +107,7 @@ class RequestValidator:
         max_tokens = body.max_tokens or limits.default_max_tokens
         if max_tokens < 1 or max_tokens > limits.max_tokens_ceiling:
             raise InvalidRequest(f"max_tokens must be between 1 and {limits.max_tokens_ceiling}")
-        return GenerationRequest(
+        request = GenerationRequest(
             model=model,
             messages=messages,
             max_tokens=max_tokens,
@@ -116,6 +117,15 @@ class RequestValidator:
             tools=body.tools,
             metadata=body.metadata,
         )
+        try:
+            # What the gateway keeps of a request (its coalescing key, the Redis copy
+            # for a takeover) is this encoding: refuse here what it cannot hold.
+            orjson.dumps(request)
+        except TypeError:
+            raise InvalidRequest(
+                "A number in the request is out of range: integers must fit in 64 bits"
+            ) from None
+        return request
 
     def _check_messages(self, messages: list[dict[str, Any]]) -> None:
         if not messages:
