@@ -8,83 +8,60 @@ upstream (a gateway, a producer) may use it too. It counts attempts per request
 (`[[sim:fail_times=K]]`) for the whole session, so a test that relies on the count
 asks a prompt no other test asks.
 
-The process helpers are local on purpose: the suite depends only on the package.
+`make_manager` builds `StreamManager`s in-process over that `provider` and over each
+store's log (`memory`, and `redis` on a throwaway redis-server shared by the session),
+so a test that takes it runs four times: every provider on every store. Its managers
+run alone, on a `LocalCluster` whatever the store: leases, takeover and hand-over are
+the cluster's contract (tests/test_cluster.py), and `RedisCluster`'s takeover scan
+can currently adopt a stream `StreamManager.start` is still starting (the stream is
+in `tr:running` before `claim` sets its lease, and `claim` ignores losing the lease),
+so the stream gets two producers and a doubled text; with that cluster about one
+Redis test in fifteen here failed that way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-import httpx
 import pytest
 
+from tests.support import Redis, free_port, redis_server, spawn
+from tokenrelay.config import Settings
+from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.anthropic import AnthropicProvider
 from tokenrelay.providers.base import Provider
 from tokenrelay.providers.simulator import SimulatorProvider
+from tokenrelay.registry import build_store
+from tokenrelay.streams.cluster import LocalCluster
+from tokenrelay.streams.manager import StreamManager, StreamTimings
+from tokenrelay.streams.producer import RetryPolicy
 
-ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("simulator", "anthropic")
+STORES = ("memory", "redis")
 # Short, so that `[[sim:stall_after=N]]` costs a test one second, yet far above the
 # simulator's own latency (it sends every delta at once with --tps 0).
 STALL_TIMEOUT = 1.0
+# Quick backoff, so retries cost the tests little (a `retry-after` is still honoured).
+RETRY = RetryPolicy(retries=2, base_delay=0.01, max_delay=0.05, continuations=3)
+TIMINGS = StreamTimings(heartbeat_interval=0.5, abandon_after=60)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
-
-
-@contextlib.contextmanager
-def run_simulator(log_path: Path) -> Iterator[str]:
-    """`tokenrelay simulate` with no pacing on a free port, until the block ends."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["simulate", "--port", str(port), "--ttft-ms", "0", "--tps", "0"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenrelay", *args], cwd=ROOT, stdout=log, stderr=log
-        )
-        try:
-            wait_until_ok(f"{url}/healthz", proc)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
-    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (so the exit
-    # status tells a supervisor why it ended): that, not 0, is a clean exit here.
-    assert code == -signal.SIGTERM, log_path.read_text()
+MakeManager = Callable[..., Awaitable[StreamManager]]
 
 
 @pytest.fixture(scope="session")
 def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_simulator(tmp_path_factory.mktemp("simulator") / "simulate.log") as url:
+    """`tokenrelay simulate` with no pacing on a free port, for the whole session."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("simulator") / "simulate.log"
+    args = ["simulate", "--port", str(port), "--ttft-ms", "0", "--tps", "0"]
+    with spawn(args, f"{url}/healthz", log_path=log_path) as proc:
         yield url
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (so the exit
+    # status tells a supervisor why it ended): that, not 0, is a clean exit here.
+    assert proc.returncode == -signal.SIGTERM, log_path.read_text()
 
 
 @contextlib.asynccontextmanager
@@ -119,3 +96,51 @@ async def both_providers(simulator_url: str) -> AsyncIterator[dict[str, Provider
         for name in PROVIDERS:
             providers[name] = await stack.enter_async_context(open_provider(name, simulator_url))
         yield providers
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """`Settings.store` for each store; only the redis one starts a redis-server."""
+    if request.param == "memory":
+        return "memory"
+    server: Redis = request.getfixturevalue("redis")
+    return server.url
+
+
+@pytest.fixture
+async def make_manager(provider: Provider, store_url: str) -> AsyncIterator[MakeManager]:
+    """`await make_manager(models=…, retry=…)`: an open StreamManager on a store of its
+    own over `provider`. Each gets a fresh ModelTable unless given one (a table learns
+    which models reject a prefill). Every one is closed, with its store, at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(
+            *, models: ModelTable | None = None, retry: RetryPolicy = RETRY
+        ) -> StreamManager:
+            store = build_store(Settings(store=store_url))
+            stack.push_async_callback(store.aclose)
+            manager = StreamManager(
+                log=store.log,
+                cluster=LocalCluster(),  # see the module docstring
+                provider=provider,
+                models=ModelTable() if models is None else models,
+                retry=retry,
+                timings=TIMINGS,
+            )
+            stack.push_async_callback(manager.aclose)
+            await manager.open()
+            return manager
+
+        yield make
+
+
+@pytest.fixture
+async def stream_manager(make_manager: MakeManager) -> StreamManager:
+    """An open StreamManager with the suite's retry policy and a fresh ModelTable."""
+    return await make_manager()
