@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tokenrelay import __version__, middleware
 from tokenrelay.config import Settings
 from tokenrelay.gateway import Gateway, open_gateway, prepare
-from tokenrelay.routes import errors, health, openapi, stream, web
+from tokenrelay.routes import errors, health, openapi, stream, usage, web
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", web.static, name="static")

@@ -157,6 +157,7 @@ def keys_create(
         envvar="TOKENRELAY_API_KEYS_FILE",
         help="Keys file to append the key's hash to.",
     ),
+    admin: bool = typer.Option(False, "--admin", help="Give the key the admin role."),
 ) -> None:
     """Create a key: the key is printed once; only its hash is stored."""
     import os
@@ -164,13 +165,84 @@ def keys_create(
 
     from tokenrelay.auth.api_keys import new_key
 
-    key, line = new_key(user)
+    key, line = new_key(user, admin=admin)
     path = Path(file)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as out:
         out.write(line + "\n")
     typer.echo(key)
     typer.echo(f"(stored as a hash in {path}; this key is not shown again)", err=True)
+
+
+def _database_url(flag: str | None) -> str:
+    from tokenrelay.config import Settings
+
+    url = flag or Settings().database_url
+    if url == "off":
+        typer.echo("tokenrelay: the usage ledger is off (TOKENRELAY_DATABASE_URL=off)", err=True)
+        raise typer.Exit(2)
+    return url
+
+
+_DATABASE_URL_HELP = "The ledger's database [env TOKENRELAY_DATABASE_URL; sqlite:tokenrelay.db]."
+
+db = typer.Typer(help="The usage ledger's database.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade(
+    database_url: str = typer.Option(None, help=_DATABASE_URL_HELP),
+) -> None:
+    """Bring the database to the newest ledger schema (a no-op when it is there)."""
+    import asyncio
+
+    from tokenrelay.usage.console import upgrade_database
+    from tokenrelay.usage.migrate import HEAD
+
+    url = _database_url(database_url)
+    try:
+        applied = asyncio.run(upgrade_database(url))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"tokenrelay: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"upgraded to {HEAD}" if applied else f"already at {HEAD}")
+
+
+@app.command()
+def usage(
+    database_url: str = typer.Option(None, help=_DATABASE_URL_HELP),
+    since: str = typer.Option(None, "--from", help="From this time (ISO 8601, UTC if no zone)."),
+    until: str = typer.Option(None, "--to", help="Up to this time, exclusive (ISO 8601)."),
+    user: str = typer.Option(None, help="Only this user."),
+    model: str = typer.Option(None, help="Only this model."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Usage by user, day and model, with totals, read from the ledger's database."""
+    import asyncio
+
+    import orjson
+    from rich.console import Console
+
+    from tokenrelay.errors import InvalidRequest
+    from tokenrelay.routes.usage import parse_time
+    from tokenrelay.usage.console import NoLedger, read_groups, usage_json, usage_table
+    from tokenrelay.usage.report import UsageFilter
+
+    url = _database_url(database_url)
+    try:
+        query = UsageFilter(parse_time("from", since), parse_time("to", until), model, user)
+        groups = asyncio.run(read_groups(url, query))
+    except InvalidRequest as exc:
+        typer.echo(f"tokenrelay: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except (NoLedger, ValueError, OSError) as exc:
+        typer.echo(f"tokenrelay: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if json_out:
+        typer.echo(orjson.dumps(usage_json(groups), option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(usage_table(groups))
 
 
 def main() -> None:

@@ -77,8 +77,16 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_user_claim: str = "sub"
+    # The claim with the caller's roles: "admin", or a list containing "admin".
+    jwt_admin_claim: str = "role"
     jwt_jwks_refresh_cooldown: float = 30.0
     ticket_ttl: float = 60.0
+
+    # The usage ledger: one row per stream. SQLite by default, or
+    # postgresql+asyncpg://user:password@host/db; "off" keeps no ledger.
+    database_url: str = "sqlite+aiosqlite:///tokenrelay.db"
+    # How often buffered rows are written (sooner when 500 are waiting).
+    ledger_flush_interval: float = 0.5
 
     # Browsers and transport
     cors_origins: list[str] = Field(default_factory=list)

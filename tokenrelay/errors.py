@@ -5,10 +5,12 @@
     │   └── IdempotencyConflict    422   invalid_request_error   no
     ├── RequestTooLarge            413   request_too_large       no
     ├── AuthenticationFailed       401   authentication_error    no
+    ├── PermissionDenied           403   permission_error        no
     ├── StreamNotFound             404   not_found_error         no
     ├── RateLimited                429   rate_limit_error        yes
     ├── Overloaded                 503   overloaded_error        yes
-    │   └── StoreUnavailable       the shared stream store cannot be reached
+    │   ├── StoreUnavailable       the shared stream store cannot be reached
+    │   └── LedgerUnavailable      the usage database cannot be reached
     └── UpstreamError              (mapped from Claude's status and error.type)
         └── UpstreamIncomplete     the upstream stream ended before message_stop
 
@@ -96,6 +98,13 @@ class AuthenticationFailed(GatewayError):
     error_type = "authentication_error"
 
 
+class PermissionDenied(GatewayError):
+    """Authenticated, but not allowed: e.g. another user's usage without the admin role."""
+
+    status = 403
+    error_type = "permission_error"
+
+
 class StreamNotFound(GatewayError):
     status = 404
     error_type = "not_found_error"
@@ -115,6 +124,10 @@ class Overloaded(GatewayError):
 
 class StoreUnavailable(Overloaded):
     """The shared stream store cannot be reached: new streams get 503, readiness fails."""
+
+
+class LedgerUnavailable(Overloaded):
+    """The usage database cannot be reached: usage queries get 503 (rows still buffer)."""
 
 
 class UpstreamError(GatewayError):

@@ -17,6 +17,7 @@ from tokenrelay.registry import build_provider, build_store, build_usage
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.usage.report import Ledger
 from tokenrelay.validation import Limits, RequestValidator
 
 
@@ -55,6 +56,7 @@ class Gateway:
     authenticator: Authenticator
     tickets: TicketStore
     rate_limits: RateLimits
+    ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -91,6 +93,9 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
         usage = build_usage(settings)
         # Closed after the manager, so the records of the streams it ends are written.
         stack.push_async_callback(usage.aclose)
+        ledger = usage if isinstance(usage, Ledger) else None
+        if ledger is not None:
+            await ledger.open()
         manager = StreamManager(
             log=store.log,
             cluster=store.cluster,
@@ -114,4 +119,5 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             prepared.authenticator,
             store.tickets,
             RateLimits(store.rate_counters, *rate_limits_of(settings)),
+            ledger=ledger,
         )

@@ -92,12 +92,19 @@ def _no_usage(settings: Settings) -> UsageSink:
     return NoUsage()
 
 
-# Where stream records go. (The SQL ledger plugs in here.)
-USAGE_SINKS: dict[str, Callable[[Settings], UsageSink]] = {"off": _no_usage}
+def _sql_ledger(settings: Settings) -> UsageSink:
+    # SQLAlchemy and a driver (~10 MiB): only for the gateways that keep a ledger.
+    from tokenrelay.usage.ledger import SqlLedger
+
+    return SqlLedger(settings.database_url, flush_interval=settings.ledger_flush_interval)
+
+
+# Where stream records go.
+USAGE_SINKS: dict[str, Callable[[Settings], UsageSink]] = {"off": _no_usage, "sql": _sql_ledger}
 
 
 def build_usage(settings: Settings) -> UsageSink:
-    return USAGE_SINKS["off"](settings)
+    return USAGE_SINKS["off" if settings.database_url == "off" else "sql"](settings)
 
 
 def build_provider(settings: Settings) -> Provider:

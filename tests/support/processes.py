@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +61,25 @@ def spawn(
     log_path: Path | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m tokenrelay ARGS` until the block ends; output goes to `log_path`."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run `python -m tokenrelay ARGS` until the block ends; output goes to `log_path`.
+
+    The usage ledger goes to a fresh SQLite file of its own unless `env` names one:
+    the cwd is the repository, and its default `tokenrelay.db` must not land there."""
+    with tempfile.TemporaryDirectory(prefix="tokenrelay-ledger-") as ledger_dir:
+        ledger = {"TOKENRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{ledger_dir}/usage.db"}
+        with _spawn(args, ready_url, {**ledger, **(env or {})}, log_path, verify) as proc:
+            yield proc
+
+
+@contextlib.contextmanager
+def _spawn(
+    args: list[str],
+    ready_url: str,
+    env: dict[str, str],
+    log_path: Path | None,
+    verify: ssl.SSLContext | bool,
+) -> Iterator[subprocess.Popen[bytes]]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenrelay", *args],

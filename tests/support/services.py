@@ -1,9 +1,12 @@
-"""Throwaway Debian services for the tests: redis-server and nginx on free ports."""
+"""Throwaway Debian services for the tests: redis-server, nginx and PostgreSQL on free
+ports."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,3 +111,63 @@ def nginx(workdir: Path, upstream_ports: list[int]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A PostgreSQL tool as the `postgres` user (the server refuses to run as root)."""
+    [version] = sorted(PG_BIN.iterdir())[-1:]
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(version / "bin" / tool), *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+
+@dataclass
+class Postgres:
+    """A throwaway cluster: trust auth on 127.0.0.1, no fsync (nothing here must
+    survive a power cut; a stop and start keeps everything)."""
+
+    port: int
+    workdir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.workdir} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
+        _pg("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.workdir / "log"),
+            "-w", "start")  # fmt: skip
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        _pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its asyncpg URL."""
+        _pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return self.url(name)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """Debian's PostgreSQL in a fresh directory outside the test's tmp_path (pytest's
+    is root-only, and the server runs as `postgres`); removed at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix="tokenrelay-pg-"))
+    shutil.chown(workdir, "postgres", "postgres")
+    server = Postgres(free_port(), workdir)
+    try:
+        _pg("initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

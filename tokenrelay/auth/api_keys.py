@@ -1,8 +1,9 @@
 """API keys, stored only as hashes.
 
 A key looks like `trk_<id>_<secret>`. The keys file holds one line per key,
-`<id> <sha256(secret) hex> <user>`, so a leaked file grants nothing. The id selects the
-line; the secret's hash is compared in constant time.
+`<id> <sha256(secret) hex> <user> [<roles>]`, so a leaked file grants nothing. The id
+selects the line; the secret's hash is compared in constant time. `<roles>` is optional
+and comma-separated; the one role today is `admin` (may see every user's usage).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenrelay.auth.base import Principal, require
+from tokenrelay.auth.base import ADMIN_ROLE, Principal, require
 from tokenrelay.errors import AuthenticationFailed
 
 PREFIX = "trk_"
@@ -24,18 +25,20 @@ class StoredKey:
     key_id: str
     secret_hash: bytes
     user: str
+    roles: frozenset[str] = frozenset()
 
 
 def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def new_key(user: str) -> tuple[str, str]:
+def new_key(user: str, *, admin: bool = False) -> tuple[str, str]:
     """A fresh key and the line that stores its hash: (key, keys-file line)."""
     if not user or any(c.isspace() for c in user):
         raise ValueError("user must be a non-empty name without spaces")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    return f"{PREFIX}{key_id}_{secret}", f"{key_id} {_hash(secret).hex()} {user}"
+    line = f"{key_id} {_hash(secret).hex()} {user}"
+    return f"{PREFIX}{key_id}_{secret}", f"{line} {ADMIN_ROLE}" if admin else line
 
 
 def parse_lines(text: str) -> dict[str, StoredKey]:
@@ -45,10 +48,11 @@ def parse_lines(text: str) -> dict[str, StoredKey]:
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) != 3:
-            raise ValueError(f"keys line {number}: expected '<id> <sha256 hex> <user>'")
-        key_id, digest, user = parts
-        keys[key_id] = StoredKey(key_id, bytes.fromhex(digest), user)
+        if len(parts) not in (3, 4):
+            raise ValueError(f"keys line {number}: expected '<id> <sha256 hex> <user> [<roles>]'")
+        key_id, digest, user = parts[:3]
+        roles = frozenset(parts[3].split(",")) if len(parts) == 4 else frozenset()
+        keys[key_id] = StoredKey(key_id, bytes.fromhex(digest), user, roles)
     return keys
 
 
@@ -80,4 +84,4 @@ class ApiKeyAuth:
         expected = stored.secret_hash if stored else b"\0" * 32
         if not hmac.compare_digest(_hash(secret), expected) or stored is None:
             raise AuthenticationFailed("Invalid API key")
-        return Principal(stored.user)
+        return Principal(stored.user, admin=ADMIN_ROLE in stored.roles)

@@ -16,12 +16,20 @@ from tokenrelay.errors import AuthenticationFailed
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who owns a stream. `id` scopes streams and idempotency keys."""
+    """Who owns a stream. `id` scopes streams and idempotency keys; `admin` may see
+    every user's usage (API keys with the admin role, a JWT's admin claim, the local
+    user of a loopback gateway without auth)."""
 
     id: str
+    admin: bool = False
 
+
+# The role that may see every user's usage (an API key's 4th field, a JWT's role claim).
+ADMIN_ROLE = "admin"
 
 ANONYMOUS = Principal("anonymous")
+# The one user of a gateway without auth that only its own machine can reach.
+LOCAL_ADMIN = Principal("anonymous", admin=True)
 
 
 class Authenticator(Protocol):
@@ -33,12 +41,17 @@ class Authenticator(Protocol):
 
 
 class NoAuth:
-    """Every request is the same anonymous principal (loopback only, or insecure)."""
+    """Every request is the same anonymous principal (loopback only, or insecure).
+    On loopback that principal is the machine's own user, so an admin; behind
+    `--insecure-no-auth` it is not, since whoever reaches the port is unknown."""
 
     mode = "none"
 
+    def __init__(self, *, admin: bool = False) -> None:
+        self._principal = LOCAL_ADMIN if admin else ANONYMOUS
+
     async def authenticate(self, credential: str | None) -> Principal:
-        return ANONYMOUS
+        return self._principal
 
 
 def credential_from(headers: Mapping[str, str]) -> str | None:

@@ -64,6 +64,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
                 audience=settings.jwt_audience,
                 user_claim=settings.jwt_user_claim,
                 jwks_refresh_cooldown=settings.jwt_jwks_refresh_cooldown,
+                admin_claim=settings.jwt_admin_claim,
             )
         )
-    return NoAuth()
+    return NoAuth(admin=is_loopback(settings.host))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from tokenrelay.auth.base import Principal, require
+from tokenrelay.auth.base import ADMIN_ROLE, Principal, require
 from tokenrelay.errors import AuthenticationFailed
 
 
@@ -20,6 +20,8 @@ class JwtSettings:
     issuer: str | None = None
     audience: str | None = None
     user_claim: str = "sub"
+    # The claim that carries roles: the string "admin", or a list containing it.
+    admin_claim: str = "role"
     leeway: float = 0.0
     # At most one refetch per this many seconds for unknown kids: a stream of tokens
     # with made-up kids must not turn into a stream of requests to the identity provider.
@@ -85,4 +87,11 @@ class JwtAuth:
         user = claims.get(s.user_claim)
         if not isinstance(user, str) or not user:
             raise AuthenticationFailed(f"Token has no '{s.user_claim}' claim")
-        return Principal(user)
+        return Principal(user, admin=has_admin_role(claims.get(s.admin_claim)))
+
+
+def has_admin_role(value: object) -> bool:
+    """A role claim names the admin role: `"admin"`, or a list that contains it."""
+    if isinstance(value, str):
+        return value == ADMIN_ROLE
+    return isinstance(value, list) and ADMIN_ROLE in value

@@ -30,6 +30,7 @@ ERROR_SCHEMA: dict[str, Any] = {
 _WHY = {
     400: "Invalid request: the message says what to fix.",
     401: "Missing or invalid credentials.",
+    403: "Not allowed for this caller (another user's usage needs the admin role).",
     404: "Unknown or expired stream, or another principal's.",
     413: "Request body over the size limit.",
     422: "The same Idempotency-Key was used with a different body.",
