@@ -56,16 +56,19 @@ async def test_closing_a_gateway_with_live_streams_leaves_no_task_and_no_traceba
         store="memory" if store == "memory" else redis.url,
         provider="simulator",
         heartbeat_interval=0.2,
+        database_url="off",
     )
     before = asyncio.all_tasks()
     caplog.set_level(logging.DEBUG)
     readers: list[asyncio.Task[None]] = []
     seen: list[list[Entry]] = []
     async with open_gateway(settings, prepare(settings)) as gw:
-        request = GenerationRequest(
-            model="claude-haiku-4-5", messages=[{"role": "user", "content": LONG}], max_tokens=1000
-        )
         for i in range(3):
+            request = GenerationRequest(
+                model="claude-haiku-4-5",
+                messages=[{"role": "user", "content": f"{LONG} {i}"}],
+                max_tokens=1000,
+            )
             stream_id = await gw.manager.start(
                 request, owner="alice", request_id=f"req_{i}", body_fingerprint=str(i)
             )

@@ -72,6 +72,10 @@ async def test_a_finished_log_expires_after_its_ttl(log: StreamLog) -> None:
     await log.append(m.stream_id, Done("end_turn", {"input_tokens": 1, "output_tokens": 0}, 0.0))
     entries = await log.read(m.stream_id, -1, 0) or []
     assert [e.terminal for e in entries] == [True]
+    # Nothing follows the terminal entry, ever: the read says so at once, not after
+    # its wait (a reader resuming past the end would otherwise spin).
+    async with asyncio.timeout(5):
+        assert await log.read(m.stream_id, 0, 30) is None
     await asyncio.sleep(2.2)  # stream_ttl is 1 s; Redis expires keys at 1 s resolution
     assert await log.meta(m.stream_id) is None
     assert await log.read(m.stream_id, -1, 0) is None

@@ -108,3 +108,12 @@ async def test_several_viewers_of_one_stream_see_the_same_events(client: httpx.A
     a, b = await asyncio.gather(resume(client, first_id), resume(client, first_id))
     assert [e.data for e in a.events] == [e.data for e in b.events]
     assert a.events[-1].data["done"] is True
+
+
+async def test_resuming_after_the_final_event_ends_at_once_with_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    whole = await start(client, {"prompt": "Finish [[sim:tokens=3]]"})
+    async with asyncio.timeout(10):  # not a stream of pings
+        after = await resume(client, whole.last_id)
+    assert after.events == [] and after.headers["x-stream-id"] == whole.events[0].stream_id

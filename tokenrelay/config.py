@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     rate_limit_tpm: int = 0
     # Per-principal overrides, e.g. '{"alice": {"rpm": 600, "tpm": 0}}'.
     rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # Concurrent upstream calls on this instance, in all and per principal (0 = no cap);
+    # beyond them up to queue_size requests wait (fairly across principals, each at
+    # most queue_per_principal, 0 = half the queue), each for up to queue_timeout.
+    max_concurrent: int = 0
+    max_concurrent_per_principal: int = 0
+    queue_size: int = 0
+    queue_timeout: float = 30.0
+    queue_per_principal: int = 0
 
     # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
     auth: Literal["none", "api_key", "jwt"] = "none"

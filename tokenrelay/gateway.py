@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from tokenrelay.admission.gate import Caps, Gate
 from tokenrelay.admission.rate_limits import Limit, RateLimits
 from tokenrelay.auth.base import Authenticator
 from tokenrelay.auth.factory import build_authenticator
@@ -81,6 +82,16 @@ def rate_limits_of(settings: Settings) -> tuple[Limit, dict[str, Limit]]:
     return default, overrides
 
 
+def caps_of(settings: Settings) -> Caps:
+    return Caps(
+        max_concurrent=settings.max_concurrent,
+        per_principal=settings.max_concurrent_per_principal,
+        queue_size=settings.queue_size,
+        queue_timeout=settings.queue_timeout,
+        per_principal_queue=settings.queue_per_principal,
+    )
+
+
 @asynccontextmanager
 async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[Gateway]:
     """Store, provider and manager, opened in order and closed in reverse: the
@@ -108,6 +119,7 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             ),
             usage=usage,
             coalescer=Coalescer(settings.coalesce, guest_ttl=settings.stream_ttl),
+            gate=Gate(caps_of(settings)),
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()

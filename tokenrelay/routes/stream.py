@@ -84,7 +84,7 @@ async def start_stream(
         return await _resume(gw, caller, *resume, request_id)
     raw = await request.body()
     generation = gw.validator.from_json(raw)
-    admission = await _admit(gw, request, caller, generation)
+    who, admission = await _admit(gw, request, caller, generation)
     stream_id = await gw.manager.start(
         generation,
         owner=caller.id,
@@ -92,6 +92,7 @@ async def start_stream(
         body_fingerprint=fingerprint(raw),
         idempotency_key=idempotency_key,
         on_end=_settlement(gw, admission),
+        principal=who,
     )
     return _respond(gw, stream_id, -1, request_id, admission)
 
@@ -119,7 +120,7 @@ async def start_stream_eventsource(
     params = {k: v for k, v in request.query_params.items() if k != "ticket"}
     generation = gw.validator.from_query(params)
     caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
-    admission = await _admit(gw, request, caller, generation)
+    who, admission = await _admit(gw, request, caller, generation)
     query = str(request.url.query).encode()
     stream_id = await gw.manager.start(
         generation,
@@ -127,22 +128,27 @@ async def start_stream_eventsource(
         request_id=request_id,
         body_fingerprint=fingerprint(query),
         on_end=_settlement(gw, admission),
+        principal=who,
     )
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)
     return _respond(gw, stream_id, -1, request_id, admission)
 
 
+def _who(gw: Gateway, request: Request, caller: Principal) -> str:
+    """Whom limits and caps count against: the principal; without authentication,
+    where every caller is the same principal, the client's address."""
+    if gw.authenticator.mode == "none" and request.client is not None:
+        return request.client.host
+    return caller.id
+
+
 async def _admit(
     gw: Gateway, request: Request, caller: Principal, generation: GenerationRequest
-) -> Admission:
-    """Count the request against its principal's limits (429 when they are full).
-    Without authentication every caller is the same principal: the client's address
-    tells them apart."""
-    who = caller.id
-    if gw.authenticator.mode == "none" and request.client is not None:
-        who = request.client.host
-    return await gw.rate_limits.admit(who, estimate_tokens(generation))
+) -> tuple[str, Admission]:
+    """Count the request against its principal's rate limits (429 when they are full)."""
+    who = _who(gw, request, caller)
+    return who, await gw.rate_limits.admit(who, estimate_tokens(generation))
 
 
 def _settlement(gw: Gateway, admission: Admission) -> Settle | None:

@@ -92,7 +92,8 @@ class StreamLog(Protocol):
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
         """Every entry with `seq > after`, in order. If there is none yet and the stream
         is open, waits up to `wait` seconds for one and returns [] on time-out (or when
-        `wake_readers` is called). None if the stream is unknown or expired."""
+        `wake_readers` is called). None if the stream is unknown or expired, or if it
+        has ended and nothing follows `after`: nothing ever will."""
         ...
 
     def wake_readers(self) -> None:

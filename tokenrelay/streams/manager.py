@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from tokenrelay.admission.gate import Caps, Gate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Start
 from tokenrelay.observability.logfmt import log_event
@@ -100,6 +101,7 @@ class StreamManager:
         timings: StreamTimings,
         usage: UsageSink | None = None,
         coalescer: Coalescer | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.log = log
         self.usage: UsageSink = usage or NoUsage()
@@ -116,6 +118,7 @@ class StreamManager:
         # What to tell when a stream's usage is known (e.g. the rate limiter's reservation).
         self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
+        self.gate = gate or Gate(Caps())
         self.draining = False
         self._readers_closed = False
 
@@ -133,11 +136,14 @@ class StreamManager:
         body_fingerprint: str,
         idempotency_key: str | None = None,
         on_end: Settle | None = None,
+        principal: str | None = None,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
         this returns. `on_end(tokens)` is called once, with the tokens the stream used
-        (0 for a request that joined another's stream), when they are known."""
+        (0 for a request that joined another's stream), when they are known.
+        `principal` is whom the gate counts the call against (default: `owner`); at
+        capacity with a full queue it raises QueueFull (503) before any stream exists."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -161,6 +167,7 @@ class StreamManager:
                     )
                 self._settle(on_end, 0)
                 return bound_id
+        ticket = self.gate.enter(principal or owner)
         if on_end is not None:
             self._on_end[stream_id] = on_end
         ready = None
@@ -168,9 +175,11 @@ class StreamManager:
             ready = self._coalescer.starting(coalesce_key, stream_id, owner)
         try:
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
-                               idempotency_key)  # fmt: skip
+                               idempotency_key, ticket)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
+            if ticket is not None:
+                ticket.release()
             if ready is not None:
                 self._coalescer.ended(stream_id)
                 if isinstance(exc, asyncio.CancelledError):
@@ -191,6 +200,7 @@ class StreamManager:
         request_id: str,
         body_fingerprint: str,
         idempotency_key: str | None,
+        ticket: Ticket | None,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -202,12 +212,20 @@ class StreamManager:
             idempotency_key=idempotency_key,
             request=request,
         )
-        await self.log.create(meta)
+        # The lease first: a stream that is running without one is an orphan that any
+        # instance's takeover scan would adopt.
         await self.cluster.claim(stream_id)
+        await self.log.create(meta)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
-        self._spawn(meta, request, None)
+        self._spawn(meta, request, None, ticket)
 
-    def _spawn(self, meta: StreamMeta, request: GenerationRequest, answer: Answer | None) -> None:
+    def _spawn(
+        self,
+        meta: StreamMeta,
+        request: GenerationRequest,
+        answer: Answer | None,
+        ticket: Ticket | None = None,
+    ) -> None:
         stream_id = meta.stream_id
         producer = Producer(
             stream_id=stream_id,
@@ -217,6 +235,7 @@ class StreamManager:
             models=self.models,
             retry=self._retry,
             answer=answer,
+            ticket=ticket,
         )
         task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
         self._producers[stream_id] = (producer, task)

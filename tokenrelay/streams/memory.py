@@ -38,7 +38,9 @@ class MemoryLog:
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
-        return await stream[1].read(after, wait)
+        tail = stream[1]
+        entries = await tail.read(after, wait)
+        return entries if entries or not tail.finished else None
 
     def wake_readers(self) -> None:
         for _, tail in self._streams.values():

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tokenrelay import events
+from tokenrelay.admission.gate import QueueTimeout, Ticket
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.observability.logfmt import log_event, logfmt
 from tokenrelay.pricing import ModelTable
@@ -127,8 +128,11 @@ class Producer:
         models: ModelTable,
         retry: RetryPolicy,
         answer: Answer | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         self.stream_id = stream_id
+        # Its place at the gate: the producer waits for a slot, and gives it back.
+        self._ticket = ticket
         self.request = request
         self._provider = provider
         self._log = log
@@ -166,7 +170,11 @@ class Producer:
 
     async def run(self) -> None:
         try:
+            if self._ticket is not None:
+                await self._ticket.wait(self._queued)
             await self._generate()
+        except QueueTimeout as exc:
+            await self._finish_error(exc.message, exc.code, True)
         except asyncio.CancelledError:
             # Record why the stream ended, with what it had cost so far, then let the
             # cancellation go on.
@@ -184,6 +192,12 @@ class Producer:
         except Exception:
             log.exception(logfmt("producer_failed", {"stream_id": self.stream_id}))
             await self._finish_error("Internal gateway error", "internal", True)
+        finally:
+            if self._ticket is not None:
+                self._ticket.release()
+
+    async def _queued(self, position: int) -> None:
+        await self._log.append(self.stream_id, events.Queued(position))
 
     async def _generate(self) -> None:
         while True:

@@ -309,12 +309,14 @@ class RedisLog:
             if not entries and await self.meta(stream_id) is None:
                 return None
             if entries and entries[-1].terminal:
-                return entries[after + 1 :]  # finished: Redis has it until it expires
+                # Finished: Redis has it until it expires.
+                return entries[after + 1 :] or None
             tail = self._tails.setdefault(stream_id, Tail(entries))
             if not tail.finished:
                 self._ensure_follower()
         tail.last_read = time.monotonic()
-        return await tail.read(after, wait)
+        found = await tail.read(after, wait)
+        return found if found or not tail.finished else None
 
     def wake_readers(self) -> None:
         for tail in self._tails.values():
