@@ -10,13 +10,9 @@ asks a prompt no other test asks.
 
 `make_manager` builds `StreamManager`s in-process over that `provider` and over each
 store's log (`memory`, and `redis` on a throwaway redis-server shared by the session),
-so a test that takes it runs four times: every provider on every store. Its managers
-run alone, on a `LocalCluster` whatever the store: leases, takeover and hand-over are
-the cluster's contract (tests/test_cluster.py), and `RedisCluster`'s takeover scan
-can currently adopt a stream `StreamManager.start` is still starting (the stream is
-in `tr:running` before `claim` sets its lease, and `claim` ignores losing the lease),
-so the stream gets two producers and a doubled text; with that cluster about one
-Redis test in fifteen here failed that way.
+so a test that takes it runs four times: every provider on every store, each with the
+store's own cluster (on Redis: leases, takeover scans and the cancel subscription run
+as in production, so a stream adopted twice or a lease lost would show here).
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ from tokenrelay.providers.anthropic import AnthropicProvider
 from tokenrelay.providers.base import Provider
 from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
-from tokenrelay.streams.cluster import LocalCluster
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 
@@ -127,7 +122,7 @@ async def make_manager(provider: Provider, store_url: str) -> AsyncIterator[Make
             stack.push_async_callback(store.aclose)
             manager = StreamManager(
                 log=store.log,
-                cluster=LocalCluster(),  # see the module docstring
+                cluster=store.cluster,
                 provider=provider,
                 models=ModelTable() if models is None else models,
                 retry=retry,

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -74,7 +75,12 @@ def run_bench(
             serve = ["serve", "--port", str(port), "--provider", "anthropic"]
             serve += ["--anthropic-base-url", upstream, "--log-level", "warning"]
             serve += ["--store", store]
-            env = {"ANTHROPIC_API_KEY": "bench"}
+            # The gateway as it runs by default, ledger included, in a throwaway database.
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenrelay-bench-"))
+            env = {
+                "ANTHROPIC_API_KEY": "bench",
+                "TOKENRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{scratch}/ledger.db",
+            }
             proc = stack.enter_context(_launch(serve, f"{gateway}/readyz", env))
             gateway_pid = proc.pid
         redis_url = store if store.startswith(("redis://", "rediss://")) else None

@@ -156,6 +156,10 @@ class SimulatorApp:
                         return
                     continue
                 if chunk is DROP:
+                    # "Cut after N deltas" promises the client got N: a client (aiohttp)
+                    # that sees the connection fail drops what it had buffered but not
+                    # yet read, so the frames are given time to be read first.
+                    await asyncio.sleep(DROP_GRACE_S)
                     raise DroppedConnection
                 if chunk is STALL:  # silent until the client gives up on us
                     await gone.wait()
@@ -173,6 +177,7 @@ class SimulatorApp:
 
 
 DROP = b"<drop>"
+DROP_GRACE_S = 0.05
 STALL = b"<stall>"
 
 
