@@ -147,7 +147,7 @@ async def test_one_limit_across_instances_sharing_redis(tmp_path: Path, redis: R
 
 async def test_without_auth_the_client_address_is_the_principal(tmp_path: Path) -> None:
     fresh_minute()
-    with run_stack(tmp_path, TOKENRELAY_RATE_LIMIT_RPM="1") as stack:
+    with run_stack(tmp_path, "--rate-limit-rpm", "1") as stack:  # the flag, not the variable
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             first = await client.post(
                 "/api/stream-response", json={"prompt": "Hi [[sim:tokens=2]]"}

@@ -33,6 +33,18 @@ def serve(
     cors_origin: list[str] = typer.Option(
         None, help="An allowed browser origin; repeat for several [TOKENRELAY_CORS_ORIGINS]."
     ),
+    rate_limit_rpm: int = typer.Option(
+        None, help="Requests per minute per principal, 0 = unlimited [TOKENRELAY_RATE_LIMIT_RPM]."
+    ),
+    rate_limit_tpm: int = typer.Option(
+        None, help="Tokens per minute per principal, 0 = unlimited [TOKENRELAY_RATE_LIMIT_TPM]."
+    ),
+    max_concurrent: int = typer.Option(
+        None, help="Concurrent upstream calls, 0 = no cap [TOKENRELAY_MAX_CONCURRENT]."
+    ),
+    queue_size: int = typer.Option(
+        None, help="Requests that may wait beyond the caps [TOKENRELAY_QUEUE_SIZE]."
+    ),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
 ) -> None:
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
@@ -55,6 +67,10 @@ def serve(
             "ssl_certfile": ssl_certfile,
             "ssl_keyfile": ssl_keyfile,
             "cors_origins": cors_origin or None,
+            "rate_limit_rpm": rate_limit_rpm,
+            "rate_limit_tpm": rate_limit_tpm,
+            "max_concurrent": max_concurrent,
+            "queue_size": queue_size,
         }.items()
         if v is not None
     }
