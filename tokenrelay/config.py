@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     queue_size: int = 0
     queue_timeout: float = 30.0
     queue_per_principal: int = 0
+    # Spending per principal in USD, per UTC day and month (0 = none), across every
+    # instance that shares the store; a stream that would cross one is cut mid-answer.
+    budget_daily_usd: float = 0.0
+    budget_monthly_usd: float = 0.0
+    # Per-principal overrides, e.g. '{"alice": {"daily": 5, "monthly": 100}}'.
+    budgets: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
     auth: Literal["none", "api_key", "jwt"] = "none"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from tokenrelay.admission.budgets import Budget, Budgets
 from tokenrelay.admission.gate import Caps, Gate
 from tokenrelay.admission.rate_limits import Limit, RateLimits
 from tokenrelay.auth.base import Authenticator
@@ -57,6 +58,7 @@ class Gateway:
     authenticator: Authenticator
     tickets: TicketStore
     rate_limits: RateLimits
+    budgets: Budgets
     ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
 
 
@@ -78,6 +80,17 @@ def rate_limits_of(settings: Settings) -> tuple[Limit, dict[str, Limit]]:
             int(limit.get("rpm", default.requests)), int(limit.get("tpm", default.tokens))
         )
         for principal, limit in settings.rate_limits.items()
+    }
+    return default, overrides
+
+
+def budgets_of(settings: Settings) -> tuple[Budget, dict[str, Budget]]:
+    default = Budget(settings.budget_daily_usd, settings.budget_monthly_usd)
+    overrides = {
+        principal: Budget(
+            float(b.get("daily", default.daily)), float(b.get("monthly", default.monthly))
+        )
+        for principal, b in settings.budgets.items()
     }
     return default, overrides
 
@@ -131,5 +144,6 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             prepared.authenticator,
             store.tickets,
             RateLimits(store.rate_counters, *rate_limits_of(settings)),
+            Budgets(store.spend_counters, *budgets_of(settings)),
             ledger=ledger,
         )

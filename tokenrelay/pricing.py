@@ -84,6 +84,11 @@ class ModelTable:
         if info is not None and info.accepts_prefill:
             self.models[model] = dataclasses.replace(info, accepts_prefill=False)
 
+    def output_micro_usd(self, model: str) -> float:
+        """What one output token costs, in micro-dollars (the table's USD per million)."""
+        info = self.models.get(model)
+        return info.output if info is not None else 0.0
+
     def cost_usd(self, model: str, usage: Usage) -> float:
         info = self.models.get(model)
         if info is None:

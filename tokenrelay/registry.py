@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tokenrelay.admission.budgets import SpendCounters
 from tokenrelay.admission.rate_limits import Counters
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
@@ -29,6 +30,7 @@ class Store:
     # limit holds across instances.
     tickets: TicketStore
     rate_counters: Counters
+    spend_counters: SpendCounters
 
     async def aclose(self) -> None:
         await self.cluster.aclose()
@@ -48,16 +50,18 @@ def _anthropic(settings: Settings) -> Provider:
 
 
 def _memory(settings: Settings) -> Store:
+    from tokenrelay.admission.budgets import MemorySpend
     from tokenrelay.admission.rate_limits import MemoryCounters
     from tokenrelay.auth.tickets import MemoryTickets
     from tokenrelay.streams.cluster import LocalCluster
     from tokenrelay.streams.memory import MemoryLog
 
     log = MemoryLog(stream_ttl=settings.stream_ttl)
-    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters())
+    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend())
 
 
 def _redis(settings: Settings) -> Store:
+    from tokenrelay.admission.budgets import RedisSpend
     from tokenrelay.admission.rate_limits import RedisCounters
     from tokenrelay.auth.tickets import RedisTickets
     from tokenrelay.streams.redis import RedisLog
@@ -68,7 +72,14 @@ def _redis(settings: Settings) -> Store:
         stream_ttl=settings.stream_ttl,
         max_connections=settings.redis_max_connections,
     )
-    return Store(log, RedisCluster(log), RedisTickets(log.client), RedisCounters(log.client))
+    client = log.client
+    return Store(
+        log,
+        RedisCluster(log),
+        RedisTickets(client),
+        RedisCounters(client),
+        RedisSpend(client),
+    )
 
 
 PROVIDERS: dict[str, Callable[[Settings], Provider]] = {

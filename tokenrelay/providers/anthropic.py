@@ -10,7 +10,7 @@ to `UpstreamError` in `map_sdk_errors()`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, cast
 
 import anthropic
@@ -182,7 +182,7 @@ class AnthropicProvider:
             params["extra_body"] = {"temperature": request.temperature}
         return params
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         state = _BlockState()
         loads = orjson.loads
         try:

@@ -14,7 +14,7 @@ A provider raises `UpstreamError` for a failure before the stream starts and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,7 +80,7 @@ class GenerationRequest:
 class Provider(Protocol):
     name: str
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """One attempt. Raises `UpstreamError` / `UpstreamIncomplete` as described above."""
         ...
 

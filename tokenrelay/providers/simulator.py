@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
@@ -35,7 +35,7 @@ class SimulatorProvider:
     def __init__(self, ttft_ms: int = 300, tps: float = 60.0) -> None:
         self.simulator = Simulator(ttft_ms=ttft_ms, tps=tps)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         try:
             plan = self.simulator.plan(request_body(request))
         except SimError as exc:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse
 
+from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.rate_limits import UNLIMITED, Admission, estimate_tokens
 from tokenrelay.auth.base import Principal
 from tokenrelay.dialects.tokens import TokensDialect, parse_last_event_id
@@ -84,7 +85,7 @@ async def start_stream(
         return await _resume(gw, caller, *resume, request_id)
     raw = await request.body()
     generation = gw.validator.from_json(raw)
-    who, admission = await _admit(gw, request, caller, generation)
+    who, admission, meter = await _admit(gw, request, caller, generation)
     stream_id = await gw.manager.start(
         generation,
         owner=caller.id,
@@ -93,6 +94,7 @@ async def start_stream(
         idempotency_key=idempotency_key,
         on_end=_settlement(gw, admission),
         principal=who,
+        meter=meter,
     )
     return _respond(gw, stream_id, -1, request_id, admission)
 
@@ -120,7 +122,7 @@ async def start_stream_eventsource(
     params = {k: v for k, v in request.query_params.items() if k != "ticket"}
     generation = gw.validator.from_query(params)
     caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
-    who, admission = await _admit(gw, request, caller, generation)
+    who, admission, meter = await _admit(gw, request, caller, generation)
     query = str(request.url.query).encode()
     stream_id = await gw.manager.start(
         generation,
@@ -129,6 +131,7 @@ async def start_stream_eventsource(
         body_fingerprint=fingerprint(query),
         on_end=_settlement(gw, admission),
         principal=who,
+        meter=meter,
     )
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)
@@ -145,10 +148,12 @@ def _who(gw: Gateway, request: Request, caller: Principal) -> str:
 
 async def _admit(
     gw: Gateway, request: Request, caller: Principal, generation: GenerationRequest
-) -> tuple[str, Admission]:
-    """Count the request against its principal's rate limits (429 when they are full)."""
+) -> tuple[str, Admission, Meter | None]:
+    """Count the request against its principal's rate limits and budgets (429 when
+    one is full or spent); the meter that keeps the stream within the budget."""
     who = _who(gw, request, caller)
-    return who, await gw.rate_limits.admit(who, estimate_tokens(generation))
+    meter = await gw.budgets.check(who)
+    return who, await gw.rate_limits.admit(who, estimate_tokens(generation)), meter
 
 
 def _settlement(gw: Gateway, admission: Admission) -> Settle | None:

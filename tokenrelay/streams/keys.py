@@ -16,6 +16,7 @@ tr:idem:{owner}:{key}  "stream_id fingerprint" of an Idempotency-Key
 tr:ticket:{t}      owner of an unredeemed EventSource ticket; :stream once redeemed
 tr:running         set of stream ids whose producer has not finished
 tr:rate:{who}:{requests|tokens}:{minute}  a principal's use of a rate-limit window
+tr:spend:{who}:{day|month}:{period}     micro-dollars granted to a principal's streams
 tr:cancel          pub/sub channel: stream ids to cancel, wherever they run
 """
 
@@ -73,3 +74,7 @@ def seq_of(entry_id: bytes) -> int:
 def rate_key(principal: str, counter: str, window: int) -> str:
     # Two windows' lifetime: a reservation may be given back just after its minute.
     return f"{PREFIX}:rate:{principal}:{counter}:{window}"
+
+
+def spend_key(principal: str, period: str, when: str) -> str:
+    return f"{PREFIX}:spend:{principal}:{period}:{when}"

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import Caps, Gate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Start
@@ -137,6 +138,7 @@ class StreamManager:
         idempotency_key: str | None = None,
         on_end: Settle | None = None,
         principal: str | None = None,
+        meter: Meter | None = None,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
@@ -175,7 +177,7 @@ class StreamManager:
             ready = self._coalescer.starting(coalesce_key, stream_id, owner)
         try:
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
-                               idempotency_key, ticket)  # fmt: skip
+                               idempotency_key, ticket, meter)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
             if ticket is not None:
@@ -201,6 +203,7 @@ class StreamManager:
         body_fingerprint: str,
         idempotency_key: str | None,
         ticket: Ticket | None,
+        meter: Meter | None,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -217,7 +220,7 @@ class StreamManager:
         await self.cluster.claim(stream_id)
         await self.log.create(meta)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
-        self._spawn(meta, request, None, ticket)
+        self._spawn(meta, request, None, ticket, meter)
 
     def _spawn(
         self,
@@ -225,6 +228,7 @@ class StreamManager:
         request: GenerationRequest,
         answer: Answer | None,
         ticket: Ticket | None = None,
+        meter: Meter | None = None,
     ) -> None:
         stream_id = meta.stream_id
         producer = Producer(
@@ -236,6 +240,7 @@ class StreamManager:
             retry=self._retry,
             answer=answer,
             ticket=ticket,
+            meter=meter,
         )
         task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
         self._producers[stream_id] = (producer, task)
@@ -384,6 +389,8 @@ class StreamManager:
             usage = producer.usage
             used = usage.input_tokens + usage.cache_creation_input_tokens + usage.output_tokens
             self._settle(self._on_end.pop(stream_id, None), used)
+            if producer.meter is not None:
+                self._run(producer.meter.settle(producer.cost_usd))
         # Whether it finished, was handed over or lost the store, this instance no
         # longer writes the stream.
         self.cluster.producer_ended(stream_id)

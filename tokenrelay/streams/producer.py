@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tokenrelay import events
+from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import QueueTimeout, Ticket
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.observability.logfmt import log_event, logfmt
@@ -129,8 +130,11 @@ class Producer:
         retry: RetryPolicy,
         answer: Answer | None = None,
         ticket: Ticket | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.stream_id = stream_id
+        # The stream's spending against its principal's budget, checked per token.
+        self.meter = meter
         # Its place at the gate: the producer waits for a slot, and gives it back.
         self._ticket = ticket
         self.request = request
@@ -224,31 +228,44 @@ class Producer:
         ended = False
         stop_reason: str | None = None
         untimed = self.first_text_at is None
+        meter = self.meter
+        per_token = self._models.output_micro_usd(self.request.model) if meter else 0.0
+        over_budget = False
         try:
-            async for delta in self._provider.stream(request):
-                if type(delta) is str:
-                    if untimed:
-                        self.first_text_at, untimed = time.monotonic(), False
-                    if skip:
-                        dropped = min(skip, len(delta) - len(delta.lstrip()))
-                        delta = delta[dropped:]
-                        if not delta:
-                            skip -= dropped
-                            continue
-                        skip = 0
-                    self._attempt_deltas += 1
-                    parts.append(delta)
-                    await append(sid, delta)  # a text event is the delta itself
-                elif isinstance(delta, MessageStart):
-                    usage = delta.usage
-                    self.served_model = delta.model or self.request.model
-                elif isinstance(delta, ToolUse):
-                    self._attempt_deltas += 1
-                    await append(sid, events.ToolUse(delta.id, delta.name, delta.input))
-                elif isinstance(delta, MessageEnd):
-                    usage.output_tokens = delta.output_tokens
-                    stop_reason, ended = delta.stop_reason, True
-                    break
+            async with contextlib.aclosing(self._provider.stream(request)) as deltas:
+                async for delta in deltas:
+                    if type(delta) is str:
+                        if untimed:
+                            self.first_text_at, untimed = time.monotonic(), False
+                        if skip:
+                            dropped = min(skip, len(delta) - len(delta.lstrip()))
+                            delta = delta[dropped:]
+                            if not delta:
+                                skip -= dropped
+                                continue
+                            skip = 0
+                        # Charged before it is sent: the token that would cross the
+                        # budget is never shown, and the upstream call stops now.
+                        if meter and not meter.charge(per_token) and not await meter.refill():
+                            over_budget = True
+                            break
+                        self._attempt_deltas += 1
+                        parts.append(delta)
+                        await append(sid, delta)  # a text event is the delta itself
+                    elif isinstance(delta, MessageStart):
+                        usage = delta.usage
+                        self.served_model = delta.model or self.request.model
+                        if meter and not meter.charge(self._input_micro_usd(usage)):
+                            over_budget = not await meter.refill()
+                            if over_budget:
+                                break
+                    elif isinstance(delta, ToolUse):
+                        self._attempt_deltas += 1
+                        await append(sid, events.ToolUse(delta.id, delta.name, delta.input))
+                    elif isinstance(delta, MessageEnd):
+                        usage.output_tokens = delta.output_tokens
+                        stop_reason, ended = delta.stop_reason, True
+                        break
         finally:
             # Without message_delta (a failure, a cancel) the deltas seen are the best
             # estimate of what the attempt cost.
@@ -256,6 +273,10 @@ class Producer:
                 usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
                 self.estimated = self.estimated or self._attempt_deltas > 0
             self.usage.add(usage)
+        if over_budget:
+            assert meter is not None
+            await self._finish_error(meter.exceeded().message, "budget_exceeded", False)
+            return True
         if ended:
             await self._finish_done(stop_reason)
         return ended
@@ -312,6 +333,14 @@ class Producer:
         self._answer.parts.clear()
         await self._log.append(self.stream_id, RESET)
         return True
+
+    def _input_micro_usd(self, usage: Usage) -> float:
+        prompt = Usage(
+            input_tokens=usage.input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+        return self._models.cost_usd(self.request.model, prompt) * 1e6
 
     @property
     def cost_usd(self) -> float:
