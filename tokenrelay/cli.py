@@ -23,7 +23,9 @@ def serve(
     ),
     auth: str = typer.Option(None, help="none | api_key | jwt [env TOKENRELAY_AUTH; none]."),
     api_keys_file: str = typer.Option(
-        None, help="Hashed API keys (tokenrelay keys create) [TOKENRELAY_API_KEYS_FILE]."
+        None,
+        help="Hashed API keys, followed while running (tokenrelay keys create) "
+        "[TOKENRELAY_API_KEYS_FILE; tokenrelay-keys.txt].",
     ),
     insecure_no_auth: bool = typer.Option(
         None, "--insecure-no-auth", help="Allow --auth none on a non-loopback address."
@@ -165,29 +167,108 @@ keys = typer.Typer(help="Manage API keys (stored only as hashes).", no_args_is_h
 app.add_typer(keys, name="keys")
 
 
+_KEYS_FILE_HELP = "The keys file [env TOKENRELAY_API_KEYS_FILE; tokenrelay-keys.txt]."
+
+
+def _keys_file_option(help_text: str = _KEYS_FILE_HELP) -> Any:
+    return typer.Option("tokenrelay-keys.txt", envvar="TOKENRELAY_API_KEYS_FILE", help=help_text)
+
+
 @keys.command("create")
 def keys_create(
     user: str = typer.Option(..., help="The user the key authenticates as."),
-    file: str = typer.Option(
-        "tokenrelay-keys.txt",
-        envvar="TOKENRELAY_API_KEYS_FILE",
-        help="Keys file to append the key's hash to.",
-    ),
+    file: str = _keys_file_option("Keys file to append the key's hash to."),
     admin: bool = typer.Option(False, "--admin", help="Give the key the admin role."),
+    rpm: int = typer.Option(None, min=0, help="The user's own requests per minute (0 = none)."),
+    tpm: int = typer.Option(None, min=0, help="The user's own tokens per minute (0 = none)."),
 ) -> None:
     """Create a key: the key is printed once; only its hash is stored."""
-    import os
     from pathlib import Path
 
-    from tokenrelay.auth.api_keys import new_key
+    from tokenrelay.auth.api_keys import append_key, new_key
 
-    key, line = new_key(user, admin=admin)
+    limits = {name: n for name, n in (("rpm", rpm), ("tpm", tpm)) if n is not None}
+    try:
+        key, line = new_key(user, admin=admin, limits=limits or None)
+    except ValueError as exc:
+        typer.echo(f"tokenrelay: {exc}", err=True)
+        raise typer.Exit(2) from None
     path = Path(file)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a") as out:
-        out.write(line + "\n")
+    append_key(path, line)
     typer.echo(key)
     typer.echo(f"(stored as a hash in {path}; this key is not shown again)", err=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"tokenrelay: {message}", err=True)
+    return typer.Exit(1)
+
+
+@keys.command("list")
+def keys_list(
+    file: str = _keys_file_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """The keys in the file: id, user, roles and limits (never a hash)."""
+    from pathlib import Path
+
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from tokenrelay.auth.api_keys import create_command, read_keys
+
+    path = Path(file)
+    try:
+        stored = read_keys(path)
+    except FileNotFoundError:
+        message = f"no keys file at {path.absolute()}: create a key with '{create_command(path)}'"
+        raise _fail(message) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{path}: {exc}") from None
+    if json_out:
+        rows = [
+            {"id": k.key_id, "user": k.user, "roles": sorted(k.roles), "limits": k.limits}
+            for k in stored
+        ]
+        typer.echo(orjson.dumps({"keys": rows}, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"API keys in {path}")
+    for column in ("key id", "user", "roles", "limits"):
+        table.add_column(column)
+    for k in stored:
+        limits = ",".join(f"{name}={n}" for name, n in (k.limits or {}).items())
+        table.add_row(k.key_id, k.user, ",".join(sorted(k.roles)), limits)
+    Console().print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(
+    user: str = typer.Option(None, help="Revoke every key of this user."),
+    key_id: str = typer.Option(None, "--id", help="Revoke the key with this id."),
+    file: str = _keys_file_option(),
+) -> None:
+    """Remove keys from the file (rewritten atomically); running gateways that read it
+    refuse them within about a second."""
+    from pathlib import Path
+
+    from tokenrelay.auth.api_keys import revoke_keys
+
+    if (user is None) == (key_id is None):
+        typer.echo("tokenrelay: give either --user NAME or --id KEY_ID", err=True)
+        raise typer.Exit(2)
+    path = Path(file)
+    try:
+        revoked = revoke_keys(path, user=user, key_id=key_id)
+    except FileNotFoundError:
+        raise _fail(f"no keys file at {path.absolute()}") from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{path}: {exc}") from None
+    if not revoked:
+        which = f"of user {user!r}" if user is not None else f"with id {key_id!r}"
+        raise _fail(f"no key {which} in {path}")
+    for k in revoked:
+        typer.echo(f"revoked {k.key_id} (user {k.user})")
 
 
 def _database_url(flag: str | None) -> str:

@@ -18,6 +18,7 @@ round trips and not atomic across instances.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -110,13 +111,25 @@ class Counters(Protocol):
 
 class RateLimits:
     def __init__(
-        self, counters: Counters, default: Limit, overrides: dict[str, Limit] | None = None
+        self,
+        counters: Counters,
+        default: Limit,
+        overrides: dict[str, Limit] | None = None,
+        *,
+        extra_overrides: Callable[[str], Limit | None] | None = None,
     ) -> None:
         self._counters = counters
         self._default = default
         self._overrides = overrides or {}
+        # Asked first, per request: limits that may change while the gateway runs (an
+        # API key's own, from a keys file that is re-read), so they cannot be a dict.
+        self._extra_overrides = extra_overrides
 
     def limit_for(self, principal: str) -> Limit:
+        if self._extra_overrides is not None:
+            extra = self._extra_overrides(principal)
+            if extra is not None:
+                return extra
         return self._overrides.get(principal, self._default)
 
     async def admit(self, principal: str, tokens: int) -> Admission:

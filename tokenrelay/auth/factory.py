@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tokenrelay.auth.api_keys import ApiKeyAuth
+from tokenrelay.auth.api_keys import DEFAULT_KEYS_FILE, ApiKeyAuth
 from tokenrelay.auth.base import Authenticator, NoAuth
 from tokenrelay.config import Settings
 
@@ -47,7 +47,11 @@ def check_exposure(settings: Settings) -> str | None:
 def build_authenticator(settings: Settings) -> Authenticator:
     if settings.auth == "api_key":
         inline = settings.api_keys.get_secret_value() if settings.api_keys else None
-        return ApiKeyAuth.from_sources(settings.api_keys_file, inline)
+        path = settings.api_keys_file
+        if path is None and not inline:
+            # The file `tokenrelay keys create` writes when it is not told where.
+            path = DEFAULT_KEYS_FILE
+        return ApiKeyAuth.from_sources(path, inline)
     if settings.auth == "jwt":
         # PyJWT brings cryptography (~10 MiB): only for the gateways that use it.
         from tokenrelay.auth.jwt_auth import JwtAuth, JwtSettings
