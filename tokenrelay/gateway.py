@@ -3,13 +3,14 @@ through one dependency (`routes.deps`), instead of untyped `app.state` lookups."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from tokenrelay.admission.budgets import Budget, Budgets
 from tokenrelay.admission.gate import Caps, Gate
 from tokenrelay.admission.rate_limits import Limit, RateLimits
+from tokenrelay.auth.api_keys import ApiKeyAuth
 from tokenrelay.auth.base import Authenticator
 from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.tickets import TicketStore
@@ -95,6 +96,26 @@ def budgets_of(settings: Settings) -> tuple[Budget, dict[str, Budget]]:
     return default, overrides
 
 
+def key_limits_of(
+    authenticator: Authenticator, settings: Settings
+) -> Callable[[str], Limit | None] | None:
+    """The limits an API key's line sets for its user (`rpm=`, `tpm=`), over the
+    settings'; a limit the line does not name stays as the settings have it."""
+    if not isinstance(authenticator, ApiKeyAuth):
+        return None
+    default, overrides = rate_limits_of(settings)
+    limits_for = authenticator.limits_for
+
+    def limit(principal: str) -> Limit | None:
+        own = limits_for(principal)
+        if own is None:
+            return None
+        base = overrides.get(principal, default)
+        return Limit(own.get("rpm", base.requests), own.get("tpm", base.tokens))
+
+    return limit
+
+
 def caps_of(settings: Settings) -> Caps:
     return Caps(
         max_concurrent=settings.max_concurrent,
@@ -143,7 +164,11 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             prepared.validator,
             prepared.authenticator,
             store.tickets,
-            RateLimits(store.rate_counters, *rate_limits_of(settings)),
+            RateLimits(
+                store.rate_counters,
+                *rate_limits_of(settings),
+                extra_overrides=key_limits_of(prepared.authenticator, settings),
+            ),
             Budgets(store.spend_counters, *budgets_of(settings)),
             ledger=ledger,
         )
