@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     # Per-principal overrides, e.g. '{"alice": {"daily": 5, "monthly": 100}}'.
     budgets: dict[str, dict[str, float]] = Field(default_factory=dict)
 
+    # The response cache: an identical request within cache_ttl seconds replays the
+    # finished answer (0 = off). Per principal or global; requests with temperature > 0
+    # only with cache_sampled; in memory at most cache_max_bytes, or in Redis.
+    cache_ttl: float = 0.0
+    cache_scope: Literal["principal", "global"] = "principal"
+    cache_sampled: bool = False
+    cache_max_bytes: int = 64 * 1024 * 1024
+
     # Who may call: "none" (loopback only unless insecure_no_auth), "api_key", "jwt".
     auth: Literal["none", "api_key", "jwt"] = "none"
     insecure_no_auth: bool = False

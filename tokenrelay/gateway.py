@@ -17,6 +17,7 @@ from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.registry import build_provider, build_store, build_usage
+from tokenrelay.streams.cache import CachePolicy
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
@@ -154,6 +155,10 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             usage=usage,
             coalescer=Coalescer(settings.coalesce, guest_ttl=settings.stream_ttl),
             gate=Gate(caps_of(settings)),
+            cache=store.cache,
+            cache_policy=CachePolicy(
+                ttl=settings.cache_ttl, scope=settings.cache_scope, sampled=settings.cache_sampled
+            ),
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()

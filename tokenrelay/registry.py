@@ -14,6 +14,7 @@ from tokenrelay.admission.rate_limits import Counters
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
 from tokenrelay.providers.base import Provider
+from tokenrelay.streams.cache import ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.log import StreamLog
 from tokenrelay.usage.record import UsageSink
@@ -31,6 +32,7 @@ class Store:
     tickets: TicketStore
     rate_counters: Counters
     spend_counters: SpendCounters
+    cache: ResponseCache
 
     async def aclose(self) -> None:
         await self.cluster.aclose()
@@ -53,17 +55,20 @@ def _memory(settings: Settings) -> Store:
     from tokenrelay.admission.budgets import MemorySpend
     from tokenrelay.admission.rate_limits import MemoryCounters
     from tokenrelay.auth.tickets import MemoryTickets
+    from tokenrelay.streams.cache import MemoryCache
     from tokenrelay.streams.cluster import LocalCluster
     from tokenrelay.streams.memory import MemoryLog
 
     log = MemoryLog(stream_ttl=settings.stream_ttl)
-    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend())
+    cache = MemoryCache(settings.cache_max_bytes)
+    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend(), cache)
 
 
 def _redis(settings: Settings) -> Store:
     from tokenrelay.admission.budgets import RedisSpend
     from tokenrelay.admission.rate_limits import RedisCounters
     from tokenrelay.auth.tickets import RedisTickets
+    from tokenrelay.streams.cache import RedisCache
     from tokenrelay.streams.redis import RedisLog
     from tokenrelay.streams.redis_cluster import RedisCluster
 
@@ -79,6 +84,7 @@ def _redis(settings: Settings) -> Store:
         RedisTickets(client),
         RedisCounters(client),
         RedisSpend(client),
+        RedisCache(client),
     )
 
 

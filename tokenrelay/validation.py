@@ -37,6 +37,16 @@ class StreamRequestBody(BaseModel):
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] | None = None
+    # False: a fresh answer, never one from the response cache.
+    cache: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A validated request, and how the caller wants it served."""
+
+    request: GenerationRequest
+    use_cache: bool = True  # False: "cache": false in the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +71,14 @@ class RequestValidator:
         # A heuristic, not a defence: see docs/security.md.
         self.screen = [re.compile(p, re.IGNORECASE) for p in screen or []]
 
-    def from_json(self, raw: bytes) -> GenerationRequest:
+    def from_json(self, raw: bytes) -> Parsed:
         if not raw.strip():
             raise InvalidRequest("Request body is empty; send a JSON object with a prompt")
         try:
             body = StreamRequestBody.model_validate_json(raw)
         except ValidationError as exc:
             raise InvalidRequest(describe(exc)) from None
-        return self.from_body(body)
+        return Parsed(self.from_body(body), use_cache=body.cache is not False)
 
     def from_query(self, params: dict[str, str]) -> GenerationRequest:
         unknown = set(params) - {"prompt", "model", "max_tokens", "system"}

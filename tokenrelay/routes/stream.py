@@ -84,7 +84,8 @@ async def start_stream(
     if resume is not None:
         return await _resume(gw, caller, *resume, request_id)
     raw = await request.body()
-    generation = gw.validator.from_json(raw)
+    parsed = gw.validator.from_json(raw)
+    generation = parsed.request
     who, admission, meter = await _admit(gw, request, caller, generation)
     stream_id = await gw.manager.start(
         generation,
@@ -95,8 +96,15 @@ async def start_stream(
         on_end=_settlement(gw, admission),
         principal=who,
         meter=meter,
+        use_cache=parsed.use_cache and _cache_allowed(request),
     )
     return _respond(gw, stream_id, -1, request_id, admission)
+
+
+def _cache_allowed(request: Request) -> bool:
+    """`Cache-Control: no-cache` asks for a fresh answer. (`no-store`, which SSE
+    libraries send on every request, is about storing the response: it is not asked.)"""
+    return "no-cache" not in request.headers.get("cache-control", "").lower()
 
 
 @router.get("/api/stream-response", responses={**SSE_OK, **errors(400, 401, 404, 429, 503)})
@@ -132,6 +140,7 @@ async def start_stream_eventsource(
         on_end=_settlement(gw, admission),
         principal=who,
         meter=meter,
+        # Not `_cache_allowed`: a browser's EventSource sends `no-cache` on every request.
     )
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)

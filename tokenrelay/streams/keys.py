@@ -17,6 +17,7 @@ tr:ticket:{t}      owner of an unredeemed EventSource ticket; :stream once redee
 tr:running         set of stream ids whose producer has not finished
 tr:rate:{who}:{requests|tokens}:{minute}  a principal's use of a rate-limit window
 tr:spend:{who}:{day|month}:{period}     micro-dollars granted to a principal's streams
+tr:cache:{hash}    a cached answer (its events as JSON), for the cache's TTL
 tr:cancel          pub/sub channel: stream ids to cancel, wherever they run
 """
 
@@ -78,3 +79,9 @@ def rate_key(principal: str, counter: str, window: int) -> str:
 
 def spend_key(principal: str, period: str, when: str) -> str:
     return f"{PREFIX}:spend:{principal}:{period}:{when}"
+
+
+def cache_key(key: bytes) -> str:
+    import hashlib
+
+    return f"{PREFIX}:cache:{hashlib.sha256(key).hexdigest()}"

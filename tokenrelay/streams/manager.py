@@ -9,6 +9,7 @@ every task the manager starts live here, so the server can stop them in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -20,10 +21,11 @@ from typing import Any
 from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import Caps, Gate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
-from tokenrelay.events import Start
+from tokenrelay.events import Done, Start
 from tokenrelay.observability.logfmt import log_event
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
+from tokenrelay.streams.cache import CachedAnswer, CachePolicy, ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
@@ -103,6 +105,8 @@ class StreamManager:
         usage: UsageSink | None = None,
         coalescer: Coalescer | None = None,
         gate: Gate | None = None,
+        cache: ResponseCache | None = None,
+        cache_policy: CachePolicy | None = None,
     ) -> None:
         self.log = log
         self.usage: UsageSink = usage or NoUsage()
@@ -120,6 +124,9 @@ class StreamManager:
         self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
         self.gate = gate or Gate(Caps())
+        self._cache = cache
+        self._cache_policy = cache_policy or CachePolicy()
+        self._cache_keys: dict[str, bytes] = {}  # streams whose answer may be kept
         self.draining = False
         self._readers_closed = False
 
@@ -139,6 +146,7 @@ class StreamManager:
         on_end: Settle | None = None,
         principal: str | None = None,
         meter: Meter | None = None,
+        use_cache: bool = True,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
@@ -149,7 +157,13 @@ class StreamManager:
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
-        coalesce_key = None
+        coalesce_key = cache_key = None
+        if idempotency_key is None and use_cache and self._cache is not None:
+            cache_key = self._cache_policy.key(request, owner)
+            cached = await self._cache.get(cache_key) if cache_key is not None else None
+            if cached is not None:
+                self._settle(on_end, 0)
+                return await self._replay(cached, request, owner, request_id, body_fingerprint)
         if idempotency_key is None:  # an explicit key says which stream it means
             coalesce_key = self._coalescer.key(request, owner)
             if coalesce_key is not None:
@@ -192,7 +206,51 @@ class StreamManager:
             raise
         if ready is not None:
             ready.set_result(None)
+        if cache_key is not None:
+            self._cache_keys[stream_id] = cache_key
         return stream_id
+
+    async def _replay(
+        self,
+        answer: CachedAnswer,
+        request: GenerationRequest,
+        owner: str,
+        request_id: str,
+        body_fingerprint: str,
+    ) -> str:
+        """A stream of its own, written at once from a cached answer."""
+        stream_id = new_stream_id()
+        started = time.time()
+        meta = StreamMeta(stream_id, owner, request_id, request.model, body_fingerprint,
+                          started, request=request)  # fmt: skip
+        await self.log.create(meta)
+        append = self.log.append
+        await append(stream_id, Start(stream_id, request_id, request.model))
+        for event in answer.events:
+            await append(stream_id, event)
+        nothing = {"input_tokens": 0, "output_tokens": 0}
+        await append(stream_id, Done(answer.stop_reason, nothing, 0.0, cached=True))
+        log_event(log, "cache_hit", stream_id=stream_id, request_id=request_id)
+        self.usage.record(
+            StreamRecord(
+                stream_id=stream_id, request_id=request_id, principal=owner,
+                model=request.model, served_model=request.model, status="done",
+                stop_reason=answer.stop_reason, input_tokens=0, output_tokens=0,
+                cache_creation_input_tokens=0, cache_read_input_tokens=0, cost_usd=0.0,
+                estimated=False, cached=True, coalesced=0, retries=0, continuations=0,
+                ttft_ms=None, duration_ms=(time.time() - started) * 1000,
+                started_at=started, finished_at=time.time(),
+            )
+        )  # fmt: skip
+        return stream_id
+
+    async def _keep_answer(self, stream_id: str, key: bytes) -> None:
+        assert self._cache is not None
+        with contextlib.suppress(Overloaded):  # a cache that cannot be written is no cache
+            entries = await self.log.read(stream_id, -1, 0)
+            answer = CachedAnswer.from_entries(entries or [])
+            if answer is not None:
+                await self._cache.put(key, answer, self._cache_policy.ttl)
 
     async def _create(
         self,
@@ -384,6 +442,9 @@ class StreamManager:
         stream_id = meta.stream_id
         self._producers.pop(stream_id, None)
         joined = self._coalescer.ended(stream_id)
+        cache_key = self._cache_keys.pop(stream_id, None)
+        if cache_key is not None and producer.status == "done":
+            self._run(self._keep_answer(stream_id, cache_key))
         if producer.finished:  # not handed over nor lost: its record is complete
             self.usage.record(usage_record(meta, producer, joined))
             usage = producer.usage
