@@ -24,16 +24,29 @@ ISSUER = "https://issuer.test"
 AUDIENCE = "tokenrelay"
 
 
-def create_key(keys_file: Path, user: str) -> str:
-    """A key made by `tokenrelay keys create`, which prints it once."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "keys", "create", "--user", user],
-        cwd=ROOT,
-        env={"TOKENRELAY_API_KEYS_FILE": str(keys_file), "PATH": "/usr/bin:/bin"},
+def tokenrelay_cli(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m tokenrelay ARGS` in `cwd` with only `env` (and PATH) set; not checked.
+    Rich gets a wide terminal, so that its tables are never wrapped."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokenrelay", *args],
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", **env},
         capture_output=True,
         text=True,
-        check=True,
+        timeout=60,
     )
+
+
+def keys_cli(keys_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tokenrelay keys ARGS` on `keys_file` (named by TOKENRELAY_API_KEYS_FILE)."""
+    return tokenrelay_cli("keys", *args, TOKENRELAY_API_KEYS_FILE=str(keys_file))
+
+
+def create_key(keys_file: Path, user: str, *options: str) -> str:
+    """A key made by `tokenrelay keys create` (with `options`, e.g. `--rpm 2`), which
+    prints it once."""
+    out = keys_cli(keys_file, "create", "--user", user, *options)
+    assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 

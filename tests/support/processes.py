@@ -60,14 +60,16 @@ def spawn(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     verify: ssl.SSLContext | bool = True,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m tokenrelay ARGS` until the block ends; output goes to `log_path`.
+    """Run `python -m tokenrelay ARGS` in `cwd` until the block ends; output goes to
+    `log_path`.
 
     The usage ledger goes to a fresh SQLite file of its own unless `env` names one:
-    the cwd is the repository, and its default `tokenrelay.db` must not land there."""
+    the cwd is the repository by default, and its `tokenrelay.db` must not land there."""
     with tempfile.TemporaryDirectory(prefix="tokenrelay-ledger-") as ledger_dir:
         ledger = {"TOKENRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{ledger_dir}/usage.db"}
-        with _spawn(args, ready_url, {**ledger, **(env or {})}, log_path, verify) as proc:
+        with _spawn(args, ready_url, {**ledger, **(env or {})}, log_path, verify, cwd) as proc:
             yield proc
 
 
@@ -78,12 +80,13 @@ def _spawn(
     env: dict[str, str],
     log_path: Path | None,
     verify: ssl.SSLContext | bool,
+    cwd: Path,
 ) -> Iterator[subprocess.Popen[bytes]]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenrelay", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=full_env,
         stdout=out,
         stderr=subprocess.STDOUT,
