@@ -144,14 +144,19 @@ def bench(
         "memory", help="Store of the gateway it starts: memory or a redis:// URL."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    max_concurrent: int = typer.Option(
+        0, help="The started gateway's cap on concurrent upstream calls (0: none)."
+    ),
+    queue_size: int = typer.Option(0, help="The started gateway's queue beyond the cap."),
 ) -> None:
     """Compare the gateway with a direct connection to the upstream, in one run."""
     from tokenrelay.client.bench import BenchConfig
     from tokenrelay.client.bench_run import run_bench
 
     config = BenchConfig(
-        concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms, model=model
-    )
+        concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms,
+        model=model, max_concurrent=max_concurrent, queue_size=queue_size,
+    )  # fmt: skip
     ok = run_bench(
         config,
         gateway=gateway,

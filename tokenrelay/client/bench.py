@@ -30,6 +30,7 @@ class Target:
     token_marker: bytes
     end_marker: bytes
     error_marker: bytes
+    queued_marker: bytes = b"\x00"  # never in a direct stream
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class StreamResult:
     tokens: int = 0
     ended: bool = False
     error: str | None = None
+    queued: bool = False  # it waited in the gateway's queue (a `queued` event came)
 
 
 @dataclass(slots=True)
@@ -70,9 +72,15 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+# Each stream asks its own question (the placeholder becomes its number): identical
+# concurrent requests would be coalesced into one upstream call, or served from a cache.
+STREAM_NUMBER = b"#STREAM#"
+
+
 def prompt_for(tokens: int, tps: float, ttft_ms: int) -> str:
     return (
-        f"Benchmark stream. [[sim:tokens={tokens}]] [[sim:tps={tps:g}]] [[sim:ttft_ms={ttft_ms}]]"
+        f"Benchmark stream {STREAM_NUMBER.decode()}. [[sim:tokens={tokens}]] "
+        f"[[sim:tps={tps:g}]] [[sim:ttft_ms={ttft_ms}]]"
     )
 
 
@@ -96,21 +104,23 @@ def gateway_target(gateway: str, prompt: str, tokens: int, model: str) -> Target
     body = orjson.dumps({"prompt": prompt, "model": model, "max_tokens": tokens + 10})
     return Target(
         "gateway", gateway, "/api/stream-response", body, "",
-        b'{"token":', b'{"done":true', b'{"error":',
+        b'{"token":', b'{"done":true', b'{"error":', b'{"queued":true',
     )  # fmt: skip
 
 
-async def run_stream(target: Target, stream_timeout: float) -> StreamResult:
+async def run_stream(target: Target, stream_timeout: float, number: int = 0) -> StreamResult:
     result = StreamResult()
     parts = urlsplit(target.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    body = target.body.replace(STREAM_NUMBER, b"%d" % number)
     request = (
         f"POST {target.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(target.body)}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         f"Connection: close\r\n{target.headers}\r\n"
-    ).encode() + target.body
+    ).encode() + body
     marker, end, err = target.token_marker, target.end_marker, target.error_marker
-    carry = len(max(marker, end, err, key=len)) - 1
+    queued = target.queued_marker
+    carry = len(max(marker, end, err, queued, key=len)) - 1
     started = time.perf_counter()
     try:
         async with asyncio.timeout(stream_timeout):
@@ -128,6 +138,8 @@ async def run_stream(target: Target, stream_timeout: float) -> StreamResult:
                         result.ended = True
                     if err in window and result.error is None:
                         result.error = "error event"
+                    if not result.queued and queued in window:
+                        result.queued = True
                     tail = window[-carry:]
             finally:
                 writer.close()
@@ -143,12 +155,12 @@ async def run_phase(
 ) -> PhaseResult:
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def one() -> StreamResult:
+    async def one(number: int) -> StreamResult:
         async with semaphore:
-            return await run_stream(target, stream_timeout)
+            return await run_stream(target, stream_timeout, number)
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(one() for _ in range(total)))
+    results = await asyncio.gather(*(one(n) for n in range(total)))
     return PhaseResult(target.name, list(results), time.perf_counter() - started)
 
 
@@ -199,6 +211,9 @@ class BenchConfig:
     model: str = "claude-haiku-4-5"
     timeout: float = 120.0
     warmup: int = 10
+    # The gateway bench starts: its cap on concurrent upstream calls and its queue.
+    max_concurrent: int = 0
+    queue_size: int = 0
 
 
 @dataclass(slots=True)
@@ -239,6 +254,11 @@ class Comparison:
                 else None
             ),
         }
+        waited = sorted(r.ttft * 1000 for r in g.results if r.queued and r.ttft is not None)
+        out["gateway_queued_streams"] = sum(r.queued for r in g.results)
+        # For a queued stream the time to its first token is mostly its wait.
+        out["queued_ttft_p50_ms"] = percentile(waited, 50) if waited else None
+        out["queued_ttft_p99_ms"] = percentile(waited, 99) if waited else None
         return out
 
 

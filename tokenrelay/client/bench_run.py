@@ -80,6 +80,11 @@ def run_bench(
             env = {
                 "ANTHROPIC_API_KEY": "bench",
                 "TOKENRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{scratch}/ledger.db",
+                "TOKENRELAY_MAX_CONCURRENT": str(config.max_concurrent),
+                "TOKENRELAY_QUEUE_SIZE": str(config.queue_size),
+                # A queued stream waits as long as the bench lets any stream run.
+                "TOKENRELAY_QUEUE_TIMEOUT": str(config.timeout),
+                "TOKENRELAY_QUEUE_PER_PRINCIPAL": str(config.queue_size),
             }
             proc = stack.enter_context(_launch(serve, f"{gateway}/readyz", env))
             gateway_pid = proc.pid
@@ -147,6 +152,14 @@ def print_comparison(result: Comparison) -> None:
     )
     if s["redis_peak_connections"] is not None:
         table.add_row("Redis connections, peak", "", _fmt(s["redis_peak_connections"]), "")
+    if s["gateway_queued_streams"]:
+        table.add_row("streams that waited in the queue", "", _fmt(s["gateway_queued_streams"]), "")
+        table.add_row(
+            "their TTFT (the wait) p50 / p99",
+            "",
+            _fmt(s["queued_ttft_p50_ms"], " ms"),
+            _fmt(s["queued_ttft_p99_ms"], " ms"),
+        )
     table.add_row(
         "gateway RSS idle → peak",
         "",
