@@ -39,6 +39,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     )
     # One line per upstream request is noise at this volume; failures are logged by us.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at start; the migration itself is worth a line.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
