@@ -3,6 +3,7 @@ Everything else the tests share is in tests/support."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support import Stack, run_stack
+from tests.support.services import Postgres, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,19 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL for the session; each test makes its own database."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database(f"ledger_{os.urandom(6).hex()}")

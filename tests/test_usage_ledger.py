@@ -5,11 +5,10 @@ SIGTERM, none written twice; `GET /api/usage` for a user and for an admin."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import ROOT, Stack, eventually_async, log_events, read_stream, run_stack
-from tests.support.services import Postgres, postgres_server
+from tests.support.services import postgres_server
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
 from tokenrelay.simulator.engine import Simulator
 
 HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-4-5"
 RETRIES = 2  # FAST_GATEWAY_ENV's TOKENRELAY_UPSTREAM_RETRIES
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    server: Postgres = request.getfixturevalue("postgres")
-    return server.create_database(f"ledger_{os.urandom(6).hex()}")
 
 
 async def db_rows(url: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import ROOT
-from tests.support.services import Postgres, postgres_server
 from tokenrelay.auth.api_keys import ApiKeyAuth, new_key, parse_lines
 from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.jwt_auth import JwtAuth, JwtSettings
@@ -31,20 +29,6 @@ from tokenrelay.usage import migrate
 from tokenrelay.usage.ledger import SqlLedger
 from tokenrelay.usage.record import StreamRecord
 from tokenrelay.usage.schema import metadata
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    server: Postgres = request.getfixturevalue("postgres")
-    return server.create_database(f"ledger_{os.urandom(6).hex()}")
 
 
 def tokenrelay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
