@@ -67,7 +67,7 @@ def test_key_lines_have_three_four_or_five_fields_and_a_bad_one_names_its_line()
         "k1 zz alice": "keys line 7: the second field must be a sha256 in hex",
         f"k1 {digest} alice rpm=60": "keys line 7: limits come after the roles (or '-')",
         f"k1 {digest} alice - rpm=lots": (
-            "keys line 7: limits must be 'rpm=N,tpm=N', not 'rpm=lots'"
+            "keys line 7: limits must be 'rpm=N,tpm=N,daily_usd=N,monthly_usd=N', not 'rpm=lots'"
         ),
         f"k1 {digest} alice - rpm=1 extra": f"keys line 7: expected {LINE_FORMAT}",
     }

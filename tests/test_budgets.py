@@ -14,6 +14,7 @@ import httpx
 from tests.support import Redis, assert_error, free_port, redis_server, run_stack, spawn, start
 from tests.support.auth import create_key
 from tests.support.streams import Read
+from tokenrelay.admission.budgets import dollars
 from tokenrelay.simulator.engine import Simulator
 
 # claude-haiku-4-5: $1 per million input tokens, $5 per million output tokens, i.e.
@@ -45,7 +46,7 @@ async def test_a_stream_is_cut_at_the_token_that_would_cross_the_budget(tmp_path
     input_tokens, deltas = plan(prompt)
     affordable = 20
     # Exactly the prompt and 20 tokens: the 21st would cross it.
-    budget = f"{(input_tokens * IN_MICRO + affordable * OUT_MICRO) / 1e6:g}"
+    budget = dollars((input_tokens * IN_MICRO + affordable * OUT_MICRO) / 1e6)
     with run_stack(tmp_path, TOKENRELAY_BUDGET_DAILY_USD=budget) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             read = await start(client, {"prompt": prompt})
@@ -128,3 +129,25 @@ async def test_one_budget_across_instances_sharing_redis(tmp_path: Path) -> None
             for client in (on_a, on_b):
                 refused = await client.post("/api/stream-response", json={"prompt": "x"})
                 assert_error(refused, 429, "rate_limit_error")
+
+
+async def test_a_key_of_its_own_budget_is_cut_at_it_and_others_are_not(tmp_path: Path) -> None:
+    not_at_midnight()
+    keys_file = tmp_path / "keys.txt"
+    prompt = "Per key [[sim:tokens=40]]"
+    input_tokens, deltas = plan(prompt)
+    budget = dollars((input_tokens * IN_MICRO + 10 * OUT_MICRO) / 1e6)
+    capped = create_key(keys_file, "carol", "--daily-usd", budget)
+    free = create_key(keys_file, "dave")
+    auth = ["--auth", "api_key", "--api-keys-file", str(keys_file)]
+    listed = keys_file.read_text().splitlines()[0].split()[-1]
+    assert listed == f"daily_usd={budget}"  # written in USD, as a user would
+    with run_stack(tmp_path, *auth) as stack:
+        async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
+            cut = await start(client, {"prompt": prompt}, headers={"x-api-key": capped})
+            assert tokens_of(cut) == deltas[:10]
+            assert cut.events[-1].data["error"] == (
+                f"Budget exceeded: the daily budget of ${budget} is spent"
+            )
+            whole = await start(client, {"prompt": prompt}, headers={"x-api-key": free})
+            assert tokens_of(whole) == deltas and whole.events[-1].data["done"] is True

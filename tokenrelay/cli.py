@@ -186,6 +186,8 @@ def keys_create(
     admin: bool = typer.Option(False, "--admin", help="Give the key the admin role."),
     rpm: int = typer.Option(None, min=0, help="The user's own requests per minute (0 = none)."),
     tpm: int = typer.Option(None, min=0, help="The user's own tokens per minute (0 = none)."),
+    daily_usd: float = typer.Option(None, min=0, help="The user's own daily budget in USD."),
+    monthly_usd: float = typer.Option(None, min=0, help="The user's own monthly budget in USD."),
 ) -> None:
     """Create a key: the key is printed once; only its hash is stored."""
     from pathlib import Path
@@ -193,6 +195,9 @@ def keys_create(
     from tokenrelay.auth.api_keys import append_key, new_key
 
     limits = {name: n for name, n in (("rpm", rpm), ("tpm", tpm)) if n is not None}
+    for name, usd in (("daily_usd", daily_usd), ("monthly_usd", monthly_usd)):
+        if usd is not None:
+            limits[name] = round(usd * 1e6)  # a key line's budgets are in micro-dollars
     try:
         key, line = new_key(user, admin=admin, limits=limits or None)
     except ValueError as exc:
@@ -221,7 +226,7 @@ def keys_list(
     from rich.console import Console
     from rich.table import Table
 
-    from tokenrelay.auth.api_keys import create_command, read_keys
+    from tokenrelay.auth.api_keys import USD_LIMITS, create_command, format_limits, read_keys
 
     path = Path(file)
     try:
@@ -233,7 +238,17 @@ def keys_list(
         raise _fail(f"{path}: {exc}") from None
     if json_out:
         rows = [
-            {"id": k.key_id, "user": k.user, "roles": sorted(k.roles), "limits": k.limits}
+            {
+                "id": k.key_id,
+                "user": k.user,
+                "roles": sorted(k.roles),
+                "limits": {
+                    name: value / 1e6 if name in USD_LIMITS else value
+                    for name, value in k.limits.items()
+                }
+                if k.limits
+                else None,
+            }
             for k in stored
         ]
         typer.echo(orjson.dumps({"keys": rows}, option=orjson.OPT_INDENT_2).decode())
@@ -242,7 +257,7 @@ def keys_list(
     for column in ("key id", "user", "roles", "limits"):
         table.add_column(column)
     for k in stored:
-        limits = ",".join(f"{name}={n}" for name, n in (k.limits or {}).items())
+        limits = format_limits(k.limits or {})
         table.add_row(k.key_id, k.user, ",".join(sorted(k.roles)), limits)
     Console().print(table)
 

@@ -117,6 +117,30 @@ def key_limits_of(
     return limit
 
 
+def key_budgets_of(
+    authenticator: Authenticator, settings: Settings
+) -> Callable[[str], Budget | None] | None:
+    """The budgets an API key's line sets for its user (`daily_usd=`, `monthly_usd=`),
+    over the settings'; a budget the line does not name stays as the settings have it."""
+    if not isinstance(authenticator, ApiKeyAuth):
+        return None
+    default, overrides = budgets_of(settings)
+    limits_for = authenticator.limits_for
+
+    def budget(principal: str) -> Budget | None:
+        own = limits_for(principal)
+        if own is None or not own.keys() & {"daily_usd", "monthly_usd"}:
+            return None
+        base = overrides.get(principal, default)
+        daily, monthly = own.get("daily_usd"), own.get("monthly_usd")
+        return Budget(
+            base.daily if daily is None else daily / 1e6,
+            base.monthly if monthly is None else monthly / 1e6,
+        )
+
+    return budget
+
+
 def caps_of(settings: Settings) -> Caps:
     return Caps(
         max_concurrent=settings.max_concurrent,
@@ -174,6 +198,10 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
                 *rate_limits_of(settings),
                 extra_overrides=key_limits_of(prepared.authenticator, settings),
             ),
-            Budgets(store.spend_counters, *budgets_of(settings)),
+            Budgets(
+                store.spend_counters,
+                *budgets_of(settings),
+                extra_overrides=key_budgets_of(prepared.authenticator, settings),
+            ),
             ledger=ledger,
         )

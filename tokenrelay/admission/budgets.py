@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -43,6 +44,11 @@ class Budget:
     @property
     def unlimited(self) -> bool:
         return not self.daily and not self.monthly
+
+
+def dollars(amount: float) -> str:
+    """A budget as people write it: 5, 0.25, 0.000056 (never 5.6e-05)."""
+    return f"{amount:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 class BudgetExceeded(RateLimited):
@@ -80,13 +86,24 @@ class SpendCounters(Protocol):
 
 class Budgets:
     def __init__(
-        self, counters: SpendCounters, default: Budget, overrides: dict[str, Budget] | None = None
+        self,
+        counters: SpendCounters,
+        default: Budget,
+        overrides: dict[str, Budget] | None = None,
+        *,
+        extra_overrides: Callable[[str], Budget | None] | None = None,
     ) -> None:
         self._counters = counters
         self._default = default
         self._overrides = overrides or {}
+        # Asked first: budgets that may change while the gateway runs (an API key's own).
+        self._extra_overrides = extra_overrides
 
     def budget_for(self, principal: str) -> Budget:
+        if self._extra_overrides is not None:
+            own = self._extra_overrides(principal)
+            if own is not None:
+                return own
         return self._overrides.get(principal, self._default)
 
     async def check(self, principal: str) -> Meter | None:
@@ -101,12 +118,12 @@ class Budgets:
         _, day_spend, month_spend = await self._counters.grant(principal, (day, month), limits, 0)
         if limits[0] and day_spend >= limits[0]:
             raise BudgetExceeded(
-                f"Budget exceeded: the daily budget of ${budget.daily:g} is spent",
+                f"Budget exceeded: the daily budget of ${dollars(budget.daily)} is spent",
                 retry_after=day_end - now,
             )
         if limits[1] and month_spend >= limits[1]:
             raise BudgetExceeded(
-                f"Budget exceeded: the monthly budget of ${budget.monthly:g} is spent",
+                f"Budget exceeded: the monthly budget of ${dollars(budget.monthly)} is spent",
                 retry_after=month_end - now,
             )
         return Meter(self._counters, principal, (day, month), limits, budget)
@@ -158,7 +175,7 @@ class Meter:
         budget = self._budget
         which = "daily" if budget.daily else "monthly"
         amount = budget.daily or budget.monthly
-        return BudgetExceeded(f"Budget exceeded: the {which} budget of ${amount:g} is spent")
+        return BudgetExceeded(f"Budget exceeded: the {which} budget of ${dollars(amount)} is spent")
 
     async def settle(self, cost_usd: float) -> None:
         """The stream ended having cost `cost_usd` (as billed): square the counters."""

@@ -40,8 +40,11 @@ log = logging.getLogger("tokenrelay.auth")
 PREFIX = "trk_"
 # Where `tokenrelay keys create` writes and `serve --auth api_key` reads, unless told.
 DEFAULT_KEYS_FILE = Path("tokenrelay-keys.txt")
-# The limits a key line may set, as `name=N` (per minute, 0 = unlimited).
-LIMIT_NAMES = ("rpm", "tpm")
+# The limits a key line may set, as `name=N`: per minute (0 = unlimited), and budgets
+# in USD per UTC day and month (decimals allowed; kept here in micro-dollars, so that
+# every limit is an integer).
+LIMIT_NAMES = ("rpm", "tpm", "daily_usd", "monthly_usd")
+USD_LIMITS = frozenset({"daily_usd", "monthly_usd"})
 NO_ROLES = "-"
 # How often the request path may stat the keys file: revocation takes effect within
 # about this long, and the cost is one stat per interval, not one per request.
@@ -66,7 +69,23 @@ def _hash(secret: str) -> bytes:
 def check_limits(limits: dict[str, int]) -> None:
     for name, value in limits.items():
         if name not in LIMIT_NAMES or value < 0:
-            raise ValueError(f"limits are rpm=N and tpm=N with N >= 0, not {name}={value}")
+            raise ValueError(f"limits are {LIMITS_FORMAT} with N >= 0, not {name}={value}")
+
+
+LIMITS_FORMAT = "rpm=N,tpm=N,daily_usd=N,monthly_usd=N"
+
+
+def usd(micro: int) -> str:
+    """Micro-dollars as a plain decimal (never 5.6e-05)."""
+    return f"{micro / 1e6:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def format_limits(limits: dict[str, int]) -> str:
+    """As a key line writes them: budgets in USD."""
+    return ",".join(
+        f"{name}={usd(value)}" if name in USD_LIMITS else f"{name}={value}"
+        for name, value in limits.items()
+    )
 
 
 def new_key(
@@ -81,7 +100,7 @@ def new_key(
     if admin or limits:
         fields.append(ADMIN_ROLE if admin else NO_ROLES)
     if limits:
-        fields.append(",".join(f"{name}={value}" for name, value in limits.items()))
+        fields.append(format_limits(limits))
     return f"{PREFIX}{key_id}_{secret}", " ".join(fields)
 
 
@@ -89,9 +108,11 @@ def _parse_limits(text: str, number: int) -> dict[str, int]:
     limits: dict[str, int] = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
-        if name not in LIMIT_NAMES or not value.isdigit():
-            raise ValueError(f"keys line {number}: limits must be 'rpm=N,tpm=N', not {text!r}")
-        limits[name] = int(value)
+        whole = value.isascii() and value.isdigit()
+        decimal = name in USD_LIMITS and value.count(".") == 1 and value.replace(".", "").isdigit()
+        if name not in LIMIT_NAMES or not (whole or decimal):
+            raise ValueError(f"keys line {number}: limits must be '{LIMITS_FORMAT}', not {text!r}")
+        limits[name] = round(float(value) * 1e6) if name in USD_LIMITS else int(value)
     return limits
 
 
