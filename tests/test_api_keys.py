@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 import httpx
@@ -15,19 +14,14 @@ import pytest
 
 from tests.support import assert_error, eventually, free_port, log_events, run_stack, spawn, start
 from tests.support.auth import create_key, keys_cli, tokenrelay_cli
+from tests.support.clock import fresh_minute
 from tokenrelay.auth.api_keys import ApiKeyAuth, StoredKey, parse_line, parse_lines
 
 # Windows are calendar minutes: a test that straddles a minute boundary would see its
 # counters reset, so it waits for a minute with enough of it left.
-TEST_SECONDS = 20
 # A reload is checked at most once a second, on a request: well within this.
 RELOAD_WITHIN = 10.0
 LINE_FORMAT = "'<id> <sha256 hex> <user> [<roles>|-] [rpm=N,tpm=N]'"
-
-
-def fresh_minute() -> None:
-    if time.time() % 60 > 60 - TEST_SECONDS:
-        time.sleep(60 - time.time() % 60 + 0.05)
 
 
 def key_id_of(key: str) -> str:
@@ -313,8 +307,8 @@ async def test_a_keys_own_rpm_limit_applies_to_its_user(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.txt"
     alice, bob = create_key(keys_file, "alice", "--rpm", "2"), create_key(keys_file, "bob")
     body = {"prompt": "Hi [[sim:tokens=3]]"}
-    fresh_minute()
     with run_stack(tmp_path, *flags(keys_file)) as stack:
+        fresh_minute()
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
 
             async def post(key: str) -> httpx.Response:

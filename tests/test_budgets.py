@@ -5,7 +5,6 @@ token that would cross the budget, the upstream call stops, the next request is 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 
 from tests.support import Redis, assert_error, free_port, redis_server, run_stack, spawn, start
 from tests.support.auth import create_key
+from tests.support.clock import not_at_midnight
 from tests.support.streams import Read
 from tokenrelay.admission.budgets import dollars
 from tokenrelay.simulator.engine import Simulator
@@ -27,13 +27,6 @@ def plan(prompt: str) -> tuple[int, list[str]]:
             "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
     p = Simulator().plan(body)
     return p.input_tokens, p.deltas
-
-
-def not_at_midnight() -> None:
-    """Budgets are per UTC day: keep a test's requests inside one day."""
-    left = 86400 - time.time() % 86400
-    if left < 30:
-        time.sleep(left + 0.1)
 
 
 def tokens_of(read: Read) -> list[str]:

@@ -12,7 +12,7 @@ from tests.support import Stack, assert_whole_answer, direct_text, run_stack, st
 from tests.support.auth import create_key
 
 # Paced, so that every request arrives while the first is still generating.
-PACED = "[[sim:tokens=30]] [[sim:tps=30]]"
+PACED = "[[sim:tokens=60]] [[sim:tps=30]]"
 
 
 async def _concurrently(stack: Stack, prompt: str, n: int, keys: list[str] | None = None) -> list:  # type: ignore[type-arg]
@@ -29,7 +29,7 @@ async def test_twenty_identical_requests_make_one_upstream_call(tmp_path: Path) 
     prompt = f"{words} {PACED}"
     with run_stack(tmp_path) as stack:
         reads = await _concurrently(stack, prompt, 20)
-        expected = await direct_text(stack.simulator, f"{words} [[sim:tokens=30]]")
+        expected = await direct_text(stack.simulator, f"{words} [[sim:tokens=60]]")
         # 1 through the gateway, 1 for direct_text.
         assert stack.sim_stats()["requests"] == 2
         assert len({r.headers["x-stream-id"] for r in reads}) == 1
@@ -66,7 +66,7 @@ async def test_coalescing_is_per_principal_by_default_and_global_by_option(
                     f"/api/streams/{stream_id}", params={"after": 0}, headers={"x-api-key": key}
                 )
                 assert replay.status_code == 200
-        expected = await direct_text(stack.simulator, f"{words} [[sim:tokens=30]]")
+        expected = await direct_text(stack.simulator, f"{words} [[sim:tokens=60]]")
         for read in reads:
             assert_whole_answer(read.events, expected)
 

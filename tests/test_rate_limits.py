@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +14,8 @@ import pytest
 
 from tests.support import Redis, assert_error, free_port, redis_server, run_stack, spawn, start
 from tests.support.auth import create_key
+from tests.support.clock import fresh_minute
 from tokenrelay.simulator.engine import Simulator
-
-# Windows are calendar minutes: a test that straddles a minute boundary would see its
-# counters reset, so each waits for a minute with enough of it left.
-TEST_SECONDS = 20
-
-
-def fresh_minute() -> None:
-    if time.time() % 60 > 60 - TEST_SECONDS:
-        time.sleep(60 - time.time() % 60 + 0.05)
 
 
 def keys_for(tmp: Path, *users: str) -> tuple[list[str], dict[str, str]]:
@@ -52,8 +43,8 @@ async def test_requests_per_minute_count_down_then_refuse_with_429_and_headers(
     tmp_path: Path,
 ) -> None:
     auth, keys = keys_for(tmp_path, "alice", "bob")
-    fresh_minute()
     with run_stack(tmp_path, *auth, TOKENRELAY_RATE_LIMIT_RPM="3") as stack:
+        fresh_minute()
         for remaining in (2, 1, 0):
             response = await post(stack.gateway, keys["alice"], {"prompt": "Hi [[sim:tokens=3]]"})
             assert response.status_code == 200
@@ -79,12 +70,12 @@ async def test_tokens_are_reserved_at_admission_and_settled_with_the_real_usage(
     tmp_path: Path,
 ) -> None:
     auth, keys = keys_for(tmp_path, "alice")
-    fresh_minute()
     slow = "Slow one [[sim:tokens=20]] [[sim:tps=20]]"
     quick = "Quick one [[sim:tokens=5]]"
     reserve_slow = len(slow) // 4 + 1 + 600
     reserve_quick = len(quick) // 4 + 1 + 600
     with run_stack(tmp_path, *auth, TOKENRELAY_RATE_LIMIT_TPM="1000") as stack:
+        fresh_minute()
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             headers = {"x-api-key": keys["alice"]}
             body = {"prompt": slow, "max_tokens": 600}
@@ -127,11 +118,11 @@ def gateway_on(tmp: Path, redis: Redis, auth: list[str], name: str) -> Iterator[
 
 async def test_one_limit_across_instances_sharing_redis(tmp_path: Path, redis: Redis) -> None:
     auth, keys = keys_for(tmp_path, "alice")
-    fresh_minute()
     with (
         gateway_on(tmp_path, redis, auth, "a.log") as a,
         gateway_on(tmp_path, redis, auth, "b.log") as b,
     ):
+        fresh_minute()
         seen = []
         for base in (a, b, a, b):
             response = await post(
@@ -146,8 +137,8 @@ async def test_one_limit_across_instances_sharing_redis(tmp_path: Path, redis: R
 
 
 async def test_without_auth_the_client_address_is_the_principal(tmp_path: Path) -> None:
-    fresh_minute()
     with run_stack(tmp_path, "--rate-limit-rpm", "1") as stack:  # the flag, not the variable
+        fresh_minute()
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             first = await client.post(
                 "/api/stream-response", json={"prompt": "Hi [[sim:tokens=2]]"}
