@@ -11,7 +11,18 @@ import pytest
 
 from tests.support import Redis, redis_server
 from tokenrelay.errors import StoreUnavailable
-from tokenrelay.events import Done, Failed, Start, Text, ToolUse
+from tokenrelay.events import (
+    Done,
+    Failed,
+    Queued,
+    Reset,
+    Start,
+    Text,
+    Thinking,
+    ToolInput,
+    ToolUse,
+    ToolUseStart,
+)
 from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
 from tokenrelay.streams.memory import MemoryLog
 from tokenrelay.streams.redis import RedisLog
@@ -137,10 +148,16 @@ async def test_unreachable_redis_is_a_clear_503_not_a_crash(tmp_path: Path) -> N
 
 EVERY_KIND = [
     START,
+    Queued(2),
     Text('héllo "wörld"\n'),
+    ToolUseStart("toolu_1", "weather"),
+    ToolInput('{"city": "Pa'),
     ToolUse("toolu_1", "weather", {"city": "Paris", "days": [1, 2]}),
+    Thinking("hmm"),
+    Reset(),
     Failed("Overloaded", "overloaded", True, {"input_tokens": 3, "output_tokens": 2}, 0.5),
 ]
+TERMINAL = [False] * (len(EVERY_KIND) - 1) + [True]
 
 
 async def test_every_kind_of_event_comes_back_as_it_went_in(log: StreamLog) -> None:
@@ -150,7 +167,7 @@ async def test_every_kind_of_event_comes_back_as_it_went_in(log: StreamLog) -> N
         await log.append(m.stream_id, event)
     entries = await log.read(m.stream_id, -1, 0) or []
     assert [e.event for e in entries] == EVERY_KIND
-    assert [e.terminal for e in entries] == [False, False, False, True]
+    assert [e.terminal for e in entries] == TERMINAL
 
 
 async def test_another_process_parses_every_kind_of_event_from_redis(redis: Redis) -> None:
@@ -161,6 +178,19 @@ async def test_another_process_parses_every_kind_of_event_from_redis(redis: Redi
         await writer.append(m.stream_id, event)
     entries = await reader.read(m.stream_id, -1, 0) or []
     assert [e.event for e in entries] == EVERY_KIND
-    assert [e.terminal for e in entries] == [False, False, False, True]
+    assert [e.terminal for e in entries] == TERMINAL
+    await writer.aclose()
+    await reader.aclose()
+
+
+async def test_a_done_event_comes_back_from_redis_with_its_usage_and_cost(redis: Redis) -> None:
+    writer, reader = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
+    m = meta()
+    await writer.create(m)
+    done = Done("tool_use", {"input_tokens": 7, "output_tokens": 9}, 0.000052, cached=True)
+    await writer.append(m.stream_id, START)
+    await writer.append(m.stream_id, done)
+    entries = await reader.read(m.stream_id, -1, 0) or []
+    assert [e.event for e in entries] == [START, done]
     await writer.aclose()
     await reader.aclose()
