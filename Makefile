@@ -33,7 +33,7 @@ $(PY_DEPS): $(UV) uv.lock pyproject.toml
 	touch $@
 
 # Debian packages the test suite runs for real; installed only when missing.
-SYSTEM_PACKAGES := redis-server redis-tools nginx nodejs chromium postgresql
+SYSTEM_PACKAGES := redis-server redis-tools nginx nodejs chromium postgresql prometheus
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
