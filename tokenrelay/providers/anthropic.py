@@ -19,6 +19,7 @@ import orjson
 
 from tokenrelay.config import Settings
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
+from tokenrelay.observability.tracing import upstream_headers
 from tokenrelay.providers.base import (
     Delta,
     GenerationRequest,
@@ -177,9 +178,14 @@ class AnthropicProvider:
             value = getattr(request, name)
             if value is not None:
                 params[name] = value
+        # The attempt's trace context, when it is traced (the upstream's spans join it).
+        trace = upstream_headers()
+        headers = {} if trace is None else dict(trace)
         if request.temperature is not None:
-            params["extra_headers"] = {"anthropic-version": SAMPLING_API_VERSION}
+            headers["anthropic-version"] = SAMPLING_API_VERSION
             params["extra_body"] = {"temperature": request.temperature}
+        if headers:
+            params["extra_headers"] = headers
         return params
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:

@@ -2,7 +2,8 @@
 
 It streams what `tokenrelay simulate` would send the `anthropic` provider, and breaks
 where that server would (`Plan.fault_at`), so both providers pass the same contract
-suite (tests/contracts).
+suite (tests/contracts). Like that server, it keeps the `traceparent` each attempt
+came with (`traceparents`), so tests can follow a trace into the upstream.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
+from tokenrelay.observability.tracing import upstream_headers
 from tokenrelay.providers.base import (
     Delta,
     GenerationRequest,
@@ -34,8 +37,12 @@ class SimulatorProvider:
 
     def __init__(self, ttft_ms: int = 300, tps: float = 60.0) -> None:
         self.simulator = Simulator(ttft_ms=ttft_ms, tps=tps)
+        self.traceparents: deque[str] = deque(maxlen=1000)  # the latest, oldest first
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        trace = upstream_headers()
+        if trace is not None:
+            self.traceparents.append(trace["traceparent"])
         try:
             plan = self.simulator.plan(request_body(request))
         except SimError as exc:

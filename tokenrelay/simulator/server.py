@@ -3,7 +3,9 @@
 Speaks Claude's HTTP API well enough for the official SDK: `POST /v1/messages` with
 `stream` true (the exact SSE wire format) or false, Claude's error JSON and status
 codes, a `request-id` on every response. `GET /_sim/stats` counts what happened, so
-tests can see, for instance, that a cancelled stream's connection really went away.
+tests can see, for instance, that a cancelled stream's connection really went away;
+`GET /_sim/traceparents` lists the `traceparent` headers the latest requests carried
+(oldest first), so they can follow a trace into the upstream.
 
 Plain ASGI rather than a framework: it is also the fast fake upstream of benchmarks,
 so each delta costs one pre-formatted write.
@@ -15,6 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,6 +63,7 @@ class SimulatorApp:
     def __init__(self, simulator: Simulator) -> None:
         self.simulator = simulator
         self.stats = Stats()
+        self.traceparents: deque[str] = deque(maxlen=1000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,6 +79,8 @@ class SimulatorApp:
             await _json(send, 200, b'{"status":"ok"}', request_id)
         elif path == "/_sim/stats" and method == "GET":
             await _json(send, 200, orjson.dumps(asdict(self.stats)), request_id)
+        elif path == "/_sim/traceparents" and method == "GET":
+            await _json(send, 200, orjson.dumps(list(self.traceparents)), request_id)
         else:
             await _json(
                 send, 404, _error_json("not_found_error", "Not found", request_id), request_id
@@ -84,6 +90,9 @@ class SimulatorApp:
         self.stats.requests += 1
         raw = await _read_body(receive)
         headers = dict(scope["headers"])
+        traceparent = headers.get(b"traceparent")
+        if traceparent is not None:
+            self.traceparents.append(traceparent.decode("latin-1"))
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
