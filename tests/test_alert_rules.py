@@ -14,6 +14,7 @@ import yaml
 from tests.support import ROOT
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 UNIT_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.yml"))
 
 
@@ -41,6 +42,17 @@ def test_promtool_accepts_the_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
     assert len(alert_names()) == 10
+
+
+def test_promtool_accepts_the_example_configuration_and_its_rules() -> None:
+    done = promtool("check", "config", PROMETHEUS_CONFIG)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rule files found" in done.stdout
+    assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+    # The job TokenrelayInstanceDown watches is the one the configuration scrapes.
+    (job,) = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    (down,) = [rule for rule in rules() if rule.get("alert") == "TokenrelayInstanceDown"]
+    assert down["expr"] == f'up{{job="{job["job_name"]}"}} == 0'
 
 
 def test_the_alerts_unit_tests_pass() -> None:
