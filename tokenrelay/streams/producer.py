@@ -31,6 +31,7 @@ from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import QueueTimeout, Ticket
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.observability.logfmt import log_event, logfmt
+from tokenrelay.observability.tracing import NO_STREAM, Attempt, AttemptKind, StreamTrace
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import (
     GenerationRequest,
@@ -131,8 +132,10 @@ class Producer:
         answer: Answer | None = None,
         ticket: Ticket | None = None,
         meter: Meter | None = None,
+        trace: StreamTrace = NO_STREAM,
     ) -> None:
         self.stream_id = stream_id
+        self.trace = trace
         # The stream's spending against its principal's budget, checked per token.
         self.meter = meter
         # Its place at the gate: the producer waits for a slot, and gives it back.
@@ -151,6 +154,7 @@ class Producer:
         self.retries = 0  # in a row, before the current attempt's first delta
         self.retries_total = 0
         self.continuations = 0
+        self.attempts = 0
         self._attempt_deltas = 0
         self.finished = False
         # How it went, for the stream's usage record.
@@ -173,9 +177,11 @@ class Producer:
         return (time.monotonic() - self._t0) * 1000
 
     async def run(self) -> None:
+        lost: str | None = None  # why this instance stopped without ending the stream
         try:
             if self._ticket is not None:
-                await self._ticket.wait(self._queued)
+                with self.trace.queue_wait(self._ticket.position):
+                    await self._ticket.wait(self._queued)
             await self._generate()
         except QueueTimeout as exc:
             await self._finish_error(exc.message, exc.code, True)
@@ -188,8 +194,10 @@ class Producer:
                     await self._finish_error(reason.message, reason.code, reason.retryable)
             raise
         except StreamTakenOver:
+            lost = "taken_over"
             log_event(log, "taken_over_elsewhere", stream_id=self.stream_id)
         except StoreUnavailable as exc:
+            lost = "store_lost"
             # Nothing more can be logged; the lease lapses and the stream is taken over
             # (by this process or another) once the store is back.
             log_event(log, "store_lost", level=logging.WARNING, stream_id=self.stream_id, error=exc)
@@ -199,6 +207,8 @@ class Producer:
         finally:
             if self._ticket is not None:
                 self._ticket.release()
+            status = self.status if self.finished else lost or self.stop_reason.code
+            self.trace.end(self, status)
 
     async def _queued(self, position: int) -> None:
         await self._log.append(self.stream_id, events.Queued(position))
@@ -210,15 +220,23 @@ class Producer:
             # Claude refuses a prefill ending in whitespace, so it is stripped; the
             # continuation then starts with that whitespace, which was already sent.
             skip = len(so_far) - len(so_far.rstrip())
+            self.attempts += 1
             try:
-                if await self._attempt(request, skip):
-                    return
-                raise UpstreamIncomplete("upstream stream ended without message_stop")
+                with self.trace.attempt(self.attempts, self._kind(), len(so_far)) as attempt:
+                    if await self._attempt(request, skip, attempt):
+                        return
+                    raise UpstreamIncomplete("upstream stream ended without message_stop")
             except UpstreamError as exc:
                 if not await self._recover(exc, continuing=bool(so_far)):
                     return
 
-    async def _attempt(self, request: GenerationRequest, skip: int) -> bool:
+    def _kind(self) -> AttemptKind:
+        """What the attempt about to start is (for its span)."""
+        if self.retries:
+            return "retry"
+        return "first" if self.attempts == 1 and not self._answer.parts else "continuation"
+
+    async def _attempt(self, request: GenerationRequest, skip: int, attempt: Attempt) -> bool:
         """One upstream attempt; True when it reached message_stop."""
         append = self._log.append
         sid = self.stream_id
@@ -273,6 +291,7 @@ class Producer:
                 usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
                 self.estimated = self.estimated or self._attempt_deltas > 0
             self.usage.add(usage)
+            attempt.counted(self._attempt_deltas, usage, ended)
         if over_budget:
             assert meter is not None
             await self._finish_error(meter.exceeded().message, "budget_exceeded", False)
