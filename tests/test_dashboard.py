@@ -2,6 +2,9 @@
 what the gateway exports: every metric in every expression is one a real gateway's
 `/metrics` declares, every label one that metric has. The dashboard is well formed
 PromQL over a datasource and instance of the viewer's choosing, and shows every metric.
+A real Prometheus with deploy/prometheus/prometheus.yml scrapes two gateways: their
+streams add up, every rule evaluates without error (and none fires), every dashboard
+query runs.
 
 Names come out of PromQL by a small lexer (promtool cannot list them): strings, label
 matchers, ranges and grouping lists are cut out, then every identifier that is neither
@@ -10,10 +13,12 @@ misspelled name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,14 @@ from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from tests.support import ROOT, free_port, spawn
+from tests.support import ROOT, eventually, free_port, spawn, unique, wait_until_ok
+from tokenrelay import __version__
+from tokenrelay.client import stream_sync
 from tokenrelay.observability import metrics
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "tokenrelay.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 # Prometheus's own series a rule may use besides the gateway's.
 WELL_KNOWN = frozenset({"up"})
@@ -325,17 +333,74 @@ def test_every_label_an_expression_uses_is_one_its_metrics_have() -> None:
 # --- against a real gateway ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@dataclass
+class Scraped:
+    """Two gateways, and a Prometheus scraping them with deploy/prometheus/prometheus.yml
+    and the alert rules."""
+
+    gateways: list[str]  # host:port, as Prometheus's `instance` label says
+    prometheus: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr})
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def rules(self) -> list[dict[str, Any]]:
+        groups = httpx.get(f"{self.prometheus}/api/v1/rules").json()["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+
+@contextlib.contextmanager
+def prometheus(tmp: Path, targets: list[str]) -> Iterator[str]:
+    """Prometheus with the example configuration, its targets replaced by `targets` and
+    its intervals shortened to a second; no Alertmanager."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ALERTS)]
+    del config["alerting"]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": targets}]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("metrics") / "gateway.log"
-    with spawn(["serve", "--port", str(port), "--provider", "simulator"], f"{url}/readyz",
-               log_path=log):  # fmt: skip
-        response = httpx.get(f"{url}/metrics", timeout=10)
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"].startswith("text/plain")
-        yield response.text
+    with open(tmp / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until_ok(f"{url}/-/ready", timeout=30, proc=proc)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    tmp = tmp_path_factory.mktemp("scraped")
+    ports = [free_port(), free_port()]
+    env = {"TOKENRELAY_SIMULATOR_TTFT_MS": "0"}
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            args = ["serve", "--port", str(port), "--provider", "simulator"]
+            ready = f"http://127.0.0.1:{port}/readyz"
+            log = tmp / f"gateway-{port}.log"
+            stack.enter_context(spawn(args, ready, env=env, log_path=log))
+        gateways = [f"127.0.0.1:{port}" for port in ports]
+        yield Scraped(gateways, stack.enter_context(prometheus(tmp, gateways)))
+
+
+@pytest.fixture(scope="module")
+def exposition(scraped: Scraped) -> str:
+    response = httpx.get(f"http://{scraped.gateways[0]}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
 
 
 def test_the_alerts_and_the_dashboard_name_only_metrics_the_gateway_exports(
@@ -364,3 +429,73 @@ def test_the_exposition_passes_promtools_lint(exposition: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout + done.stderr == ""
+
+
+def test_prometheus_scrapes_every_instance_with_the_example_configuration(
+    scraped: Scraped,
+) -> None:
+    def both_up() -> list[dict[str, Any]] | None:
+        up = scraped.query('up{job="tokenrelay"} == 1')
+        return up if len(up) == 2 else None
+
+    up = eventually(both_up, what="Prometheus to scrape both gateways", within=30)
+    assert sorted(series["metric"]["instance"] for series in up) == sorted(scraped.gateways)
+    builds = scraped.query("tokenrelay_build_info")
+    assert sorted(series["metric"]["instance"] for series in builds) == sorted(scraped.gateways)
+    assert {series["metric"]["version"] for series in builds} == {__version__}
+    # What the dashboard's instance variable asks: label_values(…, instance).
+    values = httpx.get(
+        f"{scraped.prometheus}/api/v1/label/instance/values",
+        params={"match[]": 'tokenrelay_build_info{job=~"tokenrelay"}'},
+    ).json()["data"]
+    assert values == sorted(scraped.gateways)
+
+
+def test_streams_on_two_instances_add_up_in_prometheus(scraped: Scraped) -> None:
+    first, second = scraped.gateways
+    for gateway in (first, first, second):
+        events = list(stream_sync(f"http://{gateway}", unique("Count me [[sim:tokens=5]]")))
+        assert events[-1].done, events[-1]
+
+    def counted() -> dict[str, str] | None:
+        done = scraped.query(
+            'sum by (instance) (tokenrelay_streams_completed_total{job="tokenrelay",status="done"})'
+        )
+        by_instance = {series["metric"]["instance"]: series["value"][1] for series in done}
+        return by_instance if by_instance == {first: "2", second: "1"} else None
+
+    eventually(counted, what="2 and 1 streams done in Prometheus", within=30)
+
+
+def test_every_rule_evaluates_without_error_and_nothing_fires_on_healthy_gateways(
+    scraped: Scraped,
+) -> None:
+    def evaluated() -> list[dict[str, Any]] | None:
+        rules = scraped.rules()
+        return rules if rules and all(r["health"] != "unknown" for r in rules) else None
+
+    rules = eventually(evaluated, what="Prometheus to evaluate every rule", within=30)
+    assert len(rules) == len(alert_rules())
+    assert {r["name"]: (r["health"], r.get("lastError", "")) for r in rules} == {
+        r["name"]: ("ok", "") for r in rules
+    }
+    alerts = {r["name"]: r["state"] for r in rules if r["type"] == "alerting"}
+    assert alerts == {rule["alert"]: "inactive" for rule in alert_rules() if "alert" in rule}
+
+
+def test_every_dashboard_query_runs_on_the_scraped_gateways(scraped: Scraped) -> None:
+    """What Grafana would send: the variables filled, "All" as the alternation of the
+    instances, their dots escaped for the regex inside a PromQL string."""
+    values = {
+        "$__rate_interval": "1m",
+        "$__range": "1h",
+        "$job": "tokenrelay",
+        "$instance": "|".join(g.replace(".", "\\\\.") for g in scraped.gateways),
+    }
+    for expr in dashboard_expressions():
+        for variable, value in values.items():
+            expr = expr.replace(variable, value)
+        scraped.query(expr)  # asserts a success: no parse or vector-matching error
+    every_instance = values["$instance"]
+    chosen = scraped.query(f'tokenrelay_build_info{{instance=~"{every_instance}"}}')
+    assert len(chosen) == 2
