@@ -23,6 +23,7 @@ from tokenrelay.admission.gate import Caps, Gate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
 from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.tracing import OFF, StreamTrace, Tracing
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
 from tokenrelay.streams.cache import CachedAnswer, CachePolicy, ResponseCache
@@ -107,6 +108,7 @@ class StreamManager:
         gate: Gate | None = None,
         cache: ResponseCache | None = None,
         cache_policy: CachePolicy | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.log = log
         self.usage: UsageSink = usage or NoUsage()
@@ -129,6 +131,7 @@ class StreamManager:
         self._cache_keys: dict[str, bytes] = {}  # streams whose answer may be kept
         self.draining = False
         self._readers_closed = False
+        self.tracing = tracing
 
     async def open(self) -> None:
         await self.cluster.open(self)
@@ -299,6 +302,7 @@ class StreamManager:
             answer=answer,
             ticket=ticket,
             meter=meter,
+            trace=self.tracing.stream(stream_id, request.model, takeover=answer is not None),
         )
         task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
         self._producers[stream_id] = (producer, task)
@@ -462,6 +466,11 @@ class StreamManager:
     @property
     def active_streams(self) -> int:
         return len(self._producers)
+
+    def trace_of(self, stream_id: str) -> StreamTrace | None:
+        """The trace of the stream's producer when it runs here (a reader's span links it)."""
+        running = self._producers.get(stream_id)
+        return None if running is None else running[0].trace
 
     # -- shutdown ------------------------------------------------------------------
 
