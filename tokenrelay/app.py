@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -13,15 +14,18 @@ from tokenrelay.config import Settings
 from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.routes import errors, health, openapi, stream, usage, web
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
-def create_app(settings: Settings) -> FastAPI:
+
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     """The app; its `Gateway` (store, provider, manager) opens with the lifespan.
     What can be checked without I/O (keys, models, limits) fails here, at start."""
     prepared = prepare(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_gateway(settings, prepared) as gw:
+        async with open_gateway(settings, prepared, tracer_provider) as gw:
             app.state.gateway = gw
             # Everything loaded so far (the SDK, SQLAlchemy, the app: some 10^5 objects)
             # lives as long as the process: out of the collector's sight, so that its
@@ -34,6 +38,9 @@ def create_app(settings: Settings) -> FastAPI:
         title="tokenrelay",
         version=__version__,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans would record a request's query string (an
+        # EventSource stream's prompt): the gateway's spans are observability/tracing.py's.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         middleware=middleware.stack(settings),
     )
     errors.install(app)

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # How often buffered rows are written (sooner when 500 are waiting).
     ledger_flush_interval: float = 0.5
 
+    # Tracing: "off", or OpenTelemetry spans exported over OTLP/HTTP, where the SDK's
+    # standard variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …: the
+    # SDK reads those itself).
+    tracing: Literal["off", "otlp"] = "off"
+
     # Browsers and transport
     cors_origins: list[str] = Field(default_factory=list)
     cors_allow_credentials: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenrelay.admission.budgets import Budget, Budgets
 from tokenrelay.admission.gate import Caps, Gate
@@ -15,6 +16,7 @@ from tokenrelay.auth.base import Authenticator
 from tokenrelay.auth.factory import build_authenticator
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
+from tokenrelay.observability.tracing import OFF, Tracing, setup
 from tokenrelay.pricing import ModelTable
 from tokenrelay.registry import build_provider, build_store, build_usage
 from tokenrelay.streams.cache import CachePolicy
@@ -23,6 +25,9 @@ from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.usage.report import Ledger
 from tokenrelay.validation import Limits, RequestValidator
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class Gateway:
     rate_limits: RateLimits
     budgets: Budgets
     ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
+    tracing: Tracing = OFF
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -152,10 +158,15 @@ def caps_of(settings: Settings) -> Caps:
 
 
 @asynccontextmanager
-async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    settings: Settings, prepared: Prepared, tracer_provider: TracerProvider | None = None
+) -> AsyncIterator[Gateway]:
     """Store, provider and manager, opened in order and closed in reverse: the
-    manager's producers end before the provider and the store they use close."""
+    manager's producers end before the provider and the store they use close.
+    Spans go to `tracer_provider` when one is given, else as `settings.tracing` says."""
     async with AsyncExitStack() as stack:
+        tracing = setup(settings.tracing, tracer_provider)
+        stack.callback(tracing.shutdown)  # last: the spans of the streams ended first
         store = build_store(settings)
         stack.push_async_callback(store.aclose)
         provider = build_provider(settings)
@@ -183,6 +194,7 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
             cache_policy=CachePolicy(
                 ttl=settings.cache_ttl, scope=settings.cache_scope, sampled=settings.cache_sampled
             ),
+            tracing=tracing,
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()
@@ -204,4 +216,5 @@ async def open_gateway(settings: Settings, prepared: Prepared) -> AsyncIterator[
                 extra_overrides=key_budgets_of(prepared.authenticator, settings),
             ),
             ledger=ledger,
+            tracing=tracing,
         )

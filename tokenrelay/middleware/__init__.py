@@ -15,7 +15,7 @@ from tokenrelay.middleware.security_headers import SecurityHeaders
 
 CORS_REQUEST_HEADERS = [
     "authorization", "x-api-key", "content-type", "last-event-id", "idempotency-key",
-    "x-request-id", "anthropic-version", "anthropic-beta",
+    "x-request-id", "anthropic-version", "anthropic-beta", "traceparent", "tracestate",
 ]  # fmt: skip
 
 
