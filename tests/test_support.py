@@ -6,21 +6,22 @@ import time
 
 import pytest
 
-from tests.support import eventually, log_events
+from tests.support import eventually, log_events, log_lines
 
 LOG = """\
-2026-12-01 10:00:00,001 INFO tokenrelay.producer event=upstream_retry stream_id=abc retry=1 \
-delay_s=0.05 status=529 error_type=overloaded_error
-2026-12-01 10:00:00,002 INFO tokenrelay.producer event=upstream_retry_given_up stream_id=abc
-event=upstream_retry stream_id=def retry=2 delay_s=0.1 status=429 error_type=rate_limit_error
-WARNING tokenrelay.producer event=store_lost stream_id=abc error="Connection refused by peer"
-INFO uvicorn.access 127.0.0.1 "GET /readyz?event=upstream_retry HTTP/1.1" 200
-INFO tokenrelay.manager prevent=upstream_retry stream_id=xyz
-INFO tokenrelay.manager event=handover count=1
+WARNING: no authentication on 0.0.0.0
+{"event":"upstream_retry","stream_id":"abc","retry":1,"delay_s":0.05,"status":529,\
+"error_type":"overloaded_error","level":"warning","logger":"tokenrelay.producer",\
+"timestamp":"2026-12-01T10:00:00.001Z","request_id":"req_1"}
+{"event":"upstream_retry_given_up","stream_id":"abc","level":"info"}
+{"event":"upstream_retry","stream_id":"def","retry":2,"delay_s":0.1234,"status":429,\
+"error_type":"rate_limit_error"}
+{"event":"http_request","path":"/readyz","note":"event=upstream_retry","level":"info"}
+{"event":"handover","count":1,"level":"info","logger":"tokenrelay.streams"}
 """
 
 
-def test_log_events_parses_each_line_of_one_event_from_event_on() -> None:
+def test_log_events_gives_an_events_own_fields_as_text() -> None:
     assert log_events(LOG, "upstream_retry") == [
         {
             "event": "upstream_retry",
@@ -34,31 +35,31 @@ def test_log_events_parses_each_line_of_one_event_from_event_on() -> None:
             "event": "upstream_retry",
             "stream_id": "def",
             "retry": "2",
-            "delay_s": "0.1",
+            "delay_s": "0.123",
             "status": "429",
             "error_type": "rate_limit_error",
         },
     ]
 
 
-def test_log_events_unquotes_values_with_spaces() -> None:
-    assert log_events(LOG, "store_lost") == [
-        {"event": "store_lost", "stream_id": "abc", "error": "Connection refused by peer"}
-    ]
-
-
-def test_log_events_matches_the_name_as_a_whole_token_only() -> None:
+def test_log_events_matches_the_whole_event_name_only() -> None:
     assert log_events(LOG, "upstream") == []
     assert log_events(LOG, "retry") == []
     assert [e["stream_id"] for e in log_events(LOG, "upstream_retry_given_up")] == ["abc"]
     assert log_events(LOG, "handover") == [{"event": "handover", "count": "1"}]
 
 
-def test_log_events_refuses_a_line_that_is_not_logfmt() -> None:
-    line = "INFO x event=handover handed 1 streams"
+def test_log_lines_keep_every_key_with_its_json_type() -> None:
+    first = log_lines(LOG)[0]
+    assert (first["retry"], first["delay_s"], first["request_id"]) == (1, 0.05, "req_1")
+    assert len(log_lines(LOG)) == 5  # the warning before it is not a JSON line
+
+
+def test_log_lines_refuse_a_line_that_is_not_json() -> None:
+    line = '{"event": "handover", count=1}'
     with pytest.raises(ValueError) as raised:
-        log_events(line, "handover")
-    assert str(raised.value) == f"not a key=value pair: 'handed' in {line!r}"
+        log_lines(line)
+    assert str(raised.value) == f"not a JSON line: {line!r}"
 
 
 def test_eventually_returns_the_first_truthy_value() -> None:

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from tokenrelay import __version__, middleware
 from tokenrelay.config import Settings
 from tokenrelay.gateway import Gateway, open_gateway, prepare
-from tokenrelay.routes import errors, health, openapi, stream, usage, web
+from tokenrelay.observability import telemetry
+from tokenrelay.observability.exporter import metrics_server
+from tokenrelay.routes import errors, health, metrics, openapi, stream, usage, web
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
 
-
-def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """The app; its `Gateway` (store, provider, manager) opens with the lifespan.
     What can be checked without I/O (keys, models, limits) fails here, at start."""
     prepared = prepare(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_gateway(settings, prepared, tracer_provider) as gw:
+        async with AsyncExitStack() as stack:
+            gw = await stack.enter_async_context(open_gateway(settings, prepared))
+            if settings.metrics_port:
+                host = settings.metrics_host or settings.host
+                await stack.enter_async_context(metrics_server(host, settings.metrics_port))
+            telemetry.watch(gw.manager, gw.ledger)
+            stack.callback(telemetry.unwatch)
             app.state.gateway = gw
             # Everything loaded so far (the SDK, SQLAlchemy, the app: some 10^5 objects)
             # lives as long as the process: out of the collector's sight, so that its
@@ -38,9 +42,6 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         title="tokenrelay",
         version=__version__,
         lifespan=lifespan,
-        # FastAPI's own OpenTelemetry spans would record a request's query string (an
-        # EventSource stream's prompt): the gateway's spans are observability/tracing.py's.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
         middleware=middleware.stack(settings),
     )
     errors.install(app)
@@ -48,6 +49,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     app.include_router(stream.router)
     app.include_router(usage.router)
     app.include_router(health.router)
+    if not settings.metrics_port:  # else /metrics is on its own port only
+        app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static, name="static")
     return app

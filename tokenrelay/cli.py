@@ -47,9 +47,25 @@ def serve(
     queue_size: int = typer.Option(
         None, help="Requests that may wait beyond the caps [TOKENRELAY_QUEUE_SIZE]."
     ),
-    log_level: str = typer.Option("info", help="debug | info | warning | error."),
+    log_level: str = typer.Option(
+        None, help="debug | info | warning | error [env TOKENRELAY_LOG_LEVEL; info]."
+    ),
+    log_format: str = typer.Option(
+        None,
+        help="json | console [env TOKENRELAY_LOG_FORMAT; console on a terminal, else json].",
+    ),
+    access_log: bool = typer.Option(
+        None, "--access-log", help="Log every HTTP request [env TOKENRELAY_ACCESS_LOG]."
+    ),
+    metrics_port: int = typer.Option(
+        None,
+        help="Serve /metrics on this port only, not on the main one; 0 = on the main port "
+        "[env TOKENRELAY_METRICS_PORT; 0].",
+    ),
 ) -> None:
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
+    from pydantic import ValidationError
+
     from tokenrelay.auth.factory import UnsafeConfiguration, build_authenticator, check_exposure
     from tokenrelay.config import Settings
     from tokenrelay.server import serve as run_server
@@ -73,10 +89,18 @@ def serve(
             "rate_limit_tpm": rate_limit_tpm,
             "max_concurrent": max_concurrent,
             "queue_size": queue_size,
+            "log_level": log_level.lower() if log_level else None,
+            "log_format": log_format,
+            "access_log": access_log,
+            "metrics_port": metrics_port,
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        typer.echo(f"tokenrelay: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         warning = check_exposure(settings)
         build_authenticator(settings)  # a missing keys file or JWT key fails here, clearly
@@ -85,13 +109,7 @@ def serve(
         raise typer.Exit(2) from None
     if warning:
         typer.secho(warning, err=True, fg="red", bold=True)
-    scheme = "https" if settings.tls else "http"
-    typer.echo(
-        f"tokenrelay on {scheme}://{settings.host}:{settings.port}  "
-        f"(provider: {settings.resolved_provider()}, store: {settings.store}, "
-        f"model: {settings.model}, auth: {settings.auth})"
-    )
-    run_server(settings, log_level=log_level)
+    run_server(settings)
 
 
 @app.command()

@@ -110,6 +110,17 @@ class Settings(BaseSettings):
     # How often buffered rows are written (sooner when 500 are waiting).
     ledger_flush_interval: float = 0.5
 
+    # Logs: "json" (one object a line) or "console" (readable); unset, console when
+    # stdout is a terminal, else json. uvicorn's access log (one line a request) is off
+    # unless asked for.
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    # /metrics: on the main port (0), or on a port of its own, e.g. one that is not
+    # published; then on `metrics_host` (default: `host`), and not on the main port.
+    metrics_port: int = 0
+    metrics_host: str | None = None
+
     # Tracing: "off", or OpenTelemetry spans exported over OTLP/HTTP, where the SDK's
     # standard variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …: the
     # SDK reads those itself).

@@ -16,7 +16,7 @@ only define fixtures):
 
 from tests.support.answers import direct_text, unique
 from tests.support.assertions import assert_error, assert_whole_answer
-from tests.support.logs import log_events
+from tests.support.logs import log_events, log_lines
 from tests.support.polling import eventually, eventually_async
 from tests.support.processes import ROOT, free_port, spawn, wait_for_port, wait_until_ok
 from tests.support.services import Redis, nginx, redis_server
@@ -37,6 +37,7 @@ __all__ = [
     "eventually_async",
     "free_port",
     "log_events",
+    "log_lines",
     "nginx",
     "read_stream",
     "redis_server",

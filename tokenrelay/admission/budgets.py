@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tokenrelay.errors import RateLimited
+from tokenrelay.observability import telemetry
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -117,11 +118,13 @@ class Budgets:
         limits = (round(budget.daily * MICRO), round(budget.monthly * MICRO))
         _, day_spend, month_spend = await self._counters.grant(principal, (day, month), limits, 0)
         if limits[0] and day_spend >= limits[0]:
+            telemetry.budget_exceeded("daily", "admission", principal)
             raise BudgetExceeded(
                 f"Budget exceeded: the daily budget of ${dollars(budget.daily)} is spent",
                 retry_after=day_end - now,
             )
         if limits[1] and month_spend >= limits[1]:
+            telemetry.budget_exceeded("monthly", "admission", principal)
             raise BudgetExceeded(
                 f"Budget exceeded: the monthly budget of ${dollars(budget.monthly)} is spent",
                 retry_after=month_end - now,
@@ -171,11 +174,16 @@ class Meter:
             self.granted += got
         return True
 
+    @property
+    def scope(self) -> str:
+        """The budget a stream is cut by: the daily one, if there is one."""
+        return "daily" if self._budget.daily else "monthly"
+
     def exceeded(self) -> BudgetExceeded:
         budget = self._budget
-        which = "daily" if budget.daily else "monthly"
         amount = budget.daily or budget.monthly
-        return BudgetExceeded(f"Budget exceeded: the {which} budget of ${dollars(amount)} is spent")
+        message = f"Budget exceeded: the {self.scope} budget of ${dollars(amount)} is spent"
+        return BudgetExceeded(message)
 
     async def settle(self, cost_usd: float) -> None:
         """The stream ended having cost `cost_usd` (as billed): square the counters."""

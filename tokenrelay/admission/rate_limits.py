@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tokenrelay.errors import RateLimited
+from tokenrelay.observability import telemetry
 from tokenrelay.providers.base import GenerationRequest
 
 if TYPE_CHECKING:
@@ -157,11 +158,13 @@ class RateLimits:
             )
             if limit.requests and used_requests + 1 > limit.requests:
                 message = f"Rate limit exceeded: {limit.requests} requests per minute"
+                telemetry.rate_limited("requests", principal, limit.requests)
             else:
                 message = (
                     f"Rate limit exceeded: {limit.tokens} tokens per minute (this request "
                     f"reserves {reserve}: its prompt and max_tokens)"
                 )
+                telemetry.rate_limited("tokens", principal, limit.tokens)
             raise RateLimitExceeded(message, retry_after=retry_after, headers=refused.headers(now))
         return Admission(
             requests=Quota(limit.requests, limit.requests - used_requests, reset_at)

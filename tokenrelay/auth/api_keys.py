@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tokenrelay.auth.base import ADMIN_ROLE, Principal, require
 from tokenrelay.errors import AuthenticationFailed
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.log import log_event
 
 log = logging.getLogger("tokenrelay.auth")
 

@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from tokenrelay.config import Settings
 from tokenrelay.middleware.body_limit import BodySizeLimit
+from tokenrelay.middleware.request_id import RequestId
 from tokenrelay.middleware.security_headers import SecurityHeaders
 
 CORS_REQUEST_HEADERS = [
@@ -20,10 +21,11 @@ CORS_REQUEST_HEADERS = [
 
 
 def stack(settings: Settings) -> list[Middleware]:
-    """Outermost first: security headers go on every answer, a CORS preflight is
-    answered before the body limit looks at anything, and the body limit runs last,
-    right before the routes."""
-    middleware = [Middleware(SecurityHeaders, hsts=settings.tls)]
+    """Outermost first: the request id is bound before anything logs and goes on
+    every answer, as do the security headers; a CORS preflight is answered before the
+    body limit looks at anything, and the body limit runs last, right before the
+    routes."""
+    middleware = [Middleware(RequestId), Middleware(SecurityHeaders, hsts=settings.tls)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

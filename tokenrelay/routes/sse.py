@@ -15,13 +15,15 @@ other by `uncancel()`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tokenrelay.dialects.base import Dialect
 from tokenrelay.errors import GatewayError, Overloaded
+from tokenrelay.events import Text
+from tokenrelay.observability import telemetry
 from tokenrelay.streams.manager import StreamManager
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
@@ -62,6 +64,7 @@ class SSEResponse(Response):
         except asyncio.CancelledError:
             if not gone or sender.uncancel() > 0:
                 raise
+            telemetry.client_disconnected()
         finally:
             watcher.cancel()
             await _close_frames(self._frames)
@@ -74,9 +77,15 @@ async def _close_frames(frames: AsyncIterator[bytes]) -> None:
 
 
 async def stream_frames(
-    manager: StreamManager, stream_id: str, after: int, dialect: Dialect
+    manager: StreamManager,
+    stream_id: str,
+    after: int,
+    dialect: Dialect,
+    first_text: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Every entry after `after` in `dialect`, a batch per write, heartbeats when idle.
+    `first_text()` is called as the first batch with text goes out (the batches
+    before it are looked through; none after it).
 
     A response that ends without the terminal event (the instance shuts down, the
     store is unreachable) just ends: the client resumes from the last id it got, on
@@ -87,6 +96,9 @@ async def stream_frames(
             if not entries:
                 yield dialect.heartbeat
                 continue
+            if first_text is not None and any(type(e.event) is Text for e in entries):
+                first_text()
+                first_text = None
             chunk = dialect.render(entries)
             if entries[-1].terminal and dialect.final:
                 chunk += dialect.final

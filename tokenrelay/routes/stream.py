@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import functools
-import secrets
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import JSONResponse
+from structlog.contextvars import bind_contextvars
 
 from tokenrelay.admission.budgets import Meter
+from tokenrelay.admission.gate import QueueFull
 from tokenrelay.admission.rate_limits import UNLIMITED, Admission, estimate_tokens
 from tokenrelay.auth.base import Principal
 from tokenrelay.dialects.tokens import TokensDialect, parse_last_event_id
 from tokenrelay.errors import InvalidRequest
 from tokenrelay.gateway import Gateway
+from tokenrelay.middleware.request_id import arrived_at, request_id
+from tokenrelay.observability import telemetry
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.routes.deps import Caller, GatewayDep, authenticate
 from tokenrelay.routes.openapi import SSE_OK, errors
@@ -23,11 +27,8 @@ from tokenrelay.streams.manager import Settle, fingerprint
 
 router = APIRouter()
 
-
-def request_id_of(value: str | None) -> str:
-    if value and len(value) <= 128 and value.isascii() and value.isprintable():
-        return value
-    return "req_" + secrets.token_hex(12)
+RequestId = Annotated[str, Depends(request_id)]
+ROUTE = "api"  # the `route` label of these streams' metrics
 
 
 def parse_after(last_event_id: str | None, stream_id: str | None) -> tuple[str, int] | None:
@@ -46,25 +47,37 @@ def _respond(
     gw: Gateway,
     stream_id: str,
     after: int,
-    request_id: str,
     admission: Admission = UNLIMITED,
+    first_text: Callable[[], None] | None = None,
 ) -> SSEResponse:
     manager = gw.manager
+    bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
     headers = {
-        "x-request-id": request_id,
         "x-stream-id": stream_id,
         "x-tokenrelay-instance": manager.instance_id,
         **admission.headers(),
     }
     dialect = TokensDialect(stream_id, gw.settings.client_retry_ms)
-    return SSEResponse(stream_frames(manager, stream_id, after, dialect), headers)
+    return SSEResponse(stream_frames(manager, stream_id, after, dialect, first_text), headers)
 
 
-async def _resume(
-    gw: Gateway, caller: Principal, stream_id: str, after: int, request_id: str
-) -> SSEResponse:
+async def _resume(gw: Gateway, caller: Principal, stream_id: str, after: int) -> SSEResponse:
     await gw.manager.lookup(stream_id, caller.id)
-    return _respond(gw, stream_id, after, request_id)
+    telemetry.resumed(stream_id, after)
+    return _respond(gw, stream_id, after)
+
+
+async def _start(gw: Gateway, generation: GenerationRequest, **kw: Any) -> str:
+    """Start (or join) a stream; `manager.start`'s arguments, counted as metrics."""
+    try:
+        return await gw.manager.start(generation, route=ROUTE, **kw)
+    except QueueFull:
+        telemetry.queue_rejected("full")
+        raise
+
+
+def _first_text(request: Request, generation: GenerationRequest) -> Callable[[], None]:
+    return telemetry.client_first_text(ROUTE, generation.model, arrived_at(request))
 
 
 @router.post(
@@ -74,20 +87,20 @@ async def start_stream(
     request: Request,
     gw: GatewayDep,
     caller: Caller,
+    request_id: RequestId,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-    x_request_id: Annotated[str | None, Header()] = None,
 ) -> SSEResponse:
     """Start a stream and follow it (or resume the one `Last-Event-ID` names)."""
-    request_id = request_id_of(x_request_id)
     resume = parse_after(last_event_id, None)
     if resume is not None:
-        return await _resume(gw, caller, *resume, request_id)
+        return await _resume(gw, caller, *resume)
     raw = await request.body()
     parsed = gw.validator.from_json(raw)
     generation = parsed.request
     who, admission, meter = await _admit(gw, request, caller, generation)
-    stream_id = await gw.manager.start(
+    stream_id = await _start(
+        gw,
         generation,
         owner=caller.id,
         request_id=request_id,
@@ -98,7 +111,7 @@ async def start_stream(
         meter=meter,
         use_cache=parsed.use_cache and _cache_allowed(request),
     )
-    return _respond(gw, stream_id, -1, request_id, admission)
+    return _respond(gw, stream_id, -1, admission, _first_text(request, generation))
 
 
 def _cache_allowed(request: Request) -> bool:
@@ -111,28 +124,28 @@ def _cache_allowed(request: Request) -> bool:
 async def start_stream_eventsource(
     request: Request,
     gw: GatewayDep,
+    request_id: RequestId,
     prompt: Annotated[str | None, Query()] = None,
     model: Annotated[str | None, Query()] = None,
     max_tokens: Annotated[str | None, Query()] = None,
     system: Annotated[str | None, Query()] = None,
     ticket: Annotated[str | None, Query(max_length=100)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-    x_request_id: Annotated[str | None, Header()] = None,
 ) -> SSEResponse:
     """The same for `EventSource`; its automatic reconnect resumes via `Last-Event-ID`.
     `EventSource` cannot send headers: authenticate with `?ticket=` (POST /api/tickets)."""
-    request_id = request_id_of(x_request_id)
     resume = parse_after(last_event_id, None)
     tickets = gw.tickets
     if resume is not None:
         caller = await (tickets.resume(ticket, resume[0]) if ticket else authenticate(gw, request))
-        return await _resume(gw, caller, *resume, request_id)
+        return await _resume(gw, caller, *resume)
     params = {k: v for k, v in request.query_params.items() if k != "ticket"}
     generation = gw.validator.from_query(params)
     caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
     who, admission, meter = await _admit(gw, request, caller, generation)
     query = str(request.url.query).encode()
-    stream_id = await gw.manager.start(
+    stream_id = await _start(
+        gw,
         generation,
         owner=caller.id,
         request_id=request_id,
@@ -144,7 +157,7 @@ async def start_stream_eventsource(
     )
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)
-    return _respond(gw, stream_id, -1, request_id, admission)
+    return _respond(gw, stream_id, -1, admission, _first_text(request, generation))
 
 
 def _who(gw: Gateway, request: Request, caller: Principal) -> str:
@@ -186,16 +199,13 @@ async def resume_stream(
     stream_id: str,
     after: Annotated[int | None, Query(ge=-1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-    x_request_id: Annotated[str | None, Header()] = None,
 ) -> SSEResponse:
     """Attach to a stream: replay every event after `Last-Event-ID` (or `?after=SEQ`),
     then follow it live."""
     resume = parse_after(last_event_id, stream_id)
     if resume is not None:
         after = resume[1]
-    return await _resume(
-        gw, caller, stream_id, -1 if after is None else after, request_id_of(x_request_id)
-    )
+    return await _resume(gw, caller, stream_id, -1 if after is None else after)
 
 
 @router.delete("/api/streams/{stream_id}", responses=errors(401, 404, 503))

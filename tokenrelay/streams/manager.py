@@ -22,7 +22,8 @@ from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import Caps, Gate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability import telemetry
+from tokenrelay.observability.log import log_event
 from tokenrelay.observability.tracing import OFF, StreamTrace, Tracing
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest, Provider
@@ -120,6 +121,7 @@ class StreamManager:
         self.instance_id = secrets.token_hex(8)
         self._producers: dict[str, tuple[Producer, asyncio.Task[None]]] = {}
         self._readers: dict[str, int] = {}
+        self.connected_readers = 0  # every reader of every stream (a metric reads it)
         self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # What to tell when a stream's usage is known (e.g. the rate limiter's reservation).
@@ -150,13 +152,15 @@ class StreamManager:
         principal: str | None = None,
         meter: Meter | None = None,
         use_cache: bool = True,
+        route: str = "api",
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
         this returns. `on_end(tokens)` is called once, with the tokens the stream used
         (0 for a request that joined another's stream), when they are known.
         `principal` is whom the gate counts the call against (default: `owner`); at
-        capacity with a full queue it raises QueueFull (503) before any stream exists."""
+        capacity with a full queue it raises QueueFull (503) before any stream exists.
+        `route` names the API the request came by, for the stream's metrics."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -164,6 +168,8 @@ class StreamManager:
         if idempotency_key is None and use_cache and self._cache is not None:
             cache_key = self._cache_policy.key(request, owner)
             cached = await self._cache.get(cache_key) if cache_key is not None else None
+            if cache_key is not None:
+                telemetry.cache_lookup(hit=cached is not None)
             if cached is not None:
                 self._settle(on_end, 0)
                 return await self._replay(cached, request, owner, request_id, body_fingerprint)
@@ -173,6 +179,7 @@ class StreamManager:
                 joined = await self._coalescer.join(coalesce_key, owner)
                 if joined is not None:
                     log_event(log, "coalesced", stream_id=joined, request_id=request_id)
+                    telemetry.coalesced()
                     self._settle(on_end, 0)
                     return joined
         else:
@@ -194,7 +201,7 @@ class StreamManager:
             ready = self._coalescer.starting(coalesce_key, stream_id, owner)
         try:
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
-                               idempotency_key, ticket, meter)  # fmt: skip
+                               idempotency_key, ticket, meter, route)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
             if ticket is not None:
@@ -265,6 +272,7 @@ class StreamManager:
         idempotency_key: str | None,
         ticket: Ticket | None,
         meter: Meter | None,
+        route: str,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -281,7 +289,8 @@ class StreamManager:
         await self.cluster.claim(stream_id)
         await self.log.create(meta)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
-        self._spawn(meta, request, None, ticket, meter)
+        telemetry.stream_started(route, stream_id, owner, request)
+        self._spawn(meta, request, None, ticket, meter, route)
 
     def _spawn(
         self,
@@ -290,6 +299,7 @@ class StreamManager:
         answer: Answer | None,
         ticket: Ticket | None = None,
         meter: Meter | None = None,
+        route: str = "api",
     ) -> None:
         stream_id = meta.stream_id
         producer = Producer(
@@ -302,9 +312,12 @@ class StreamManager:
             answer=answer,
             ticket=ticket,
             meter=meter,
+            route=route,
             trace=self.tracing.stream(stream_id, request.model, takeover=answer is not None),
         )
-        task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}")
+        # Every line the producer logs carries the stream's and its request's ids.
+        context = telemetry.stream_context(stream_id, meta.request_id)
+        task = asyncio.create_task(producer.run(), name=f"producer:{stream_id}", context=context)
         self._producers[stream_id] = (producer, task)
         task.add_done_callback(lambda _t: self._producer_done(meta, producer))
         # A stream nobody ever reads is abandoned like one whose reader left.
@@ -381,6 +394,7 @@ class StreamManager:
             log, "takeover", level=logging.WARNING, stream_id=meta.stream_id,
             events=len(entries), chars=len(answer.text),
         )  # fmt: skip
+        telemetry.taken_over()
         self._spawn(meta, meta.request, answer)
 
     async def stop_for_handover(self) -> list[str]:
@@ -394,12 +408,14 @@ class StreamManager:
     # -- abandonment ---------------------------------------------------------------
 
     def _attach(self, stream_id: str) -> None:
+        self.connected_readers += 1
         self._readers[stream_id] = self._readers.get(stream_id, 0) + 1
         timer = self._abandon_timers.pop(stream_id, None)
         if timer is not None:
             timer.cancel()
 
     def _detach(self, stream_id: str) -> None:
+        self.connected_readers -= 1
         left = self._readers.get(stream_id, 1) - 1
         if left > 0:
             self._readers[stream_id] = left
@@ -450,6 +466,7 @@ class StreamManager:
         if cache_key is not None and producer.status == "done":
             self._run(self._keep_answer(stream_id, cache_key))
         if producer.finished:  # not handed over nor lost: its record is complete
+            telemetry.stream_ended(producer)
             self.usage.record(usage_record(meta, producer, joined))
             usage = producer.usage
             used = usage.input_tokens + usage.cache_creation_input_tokens + usage.output_tokens
@@ -482,6 +499,7 @@ class StreamManager:
         handed = await self.cluster.hand_over()
         if handed:
             log_event(log, "handover", count=handed)
+            telemetry.handed_over(handed)
         tasks = [task for _, task in self._producers.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)

@@ -30,7 +30,8 @@ from tokenrelay import events
 from tokenrelay.admission.budgets import Meter
 from tokenrelay.admission.gate import QueueTimeout, Ticket
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
-from tokenrelay.observability.logfmt import log_event, logfmt
+from tokenrelay.observability import telemetry
+from tokenrelay.observability.log import log_event
 from tokenrelay.observability.tracing import NO_STREAM, Attempt, AttemptKind, StreamTrace
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import (
@@ -132,9 +133,11 @@ class Producer:
         answer: Answer | None = None,
         ticket: Ticket | None = None,
         meter: Meter | None = None,
+        route: str = "api",
         trace: StreamTrace = NO_STREAM,
     ) -> None:
         self.stream_id = stream_id
+        self.route = route  # the API the stream came by, a label of its metrics
         self.trace = trace
         # The stream's spending against its principal's budget, checked per token.
         self.meter = meter
@@ -165,6 +168,7 @@ class Producer:
         self.estimated = answer is not None
         self.started_at = time.time()
         self.first_text_at: float | None = None  # time.monotonic() of the first text
+        self._waited = False  # at the gate, in the queue
         self._t0 = time.monotonic()
 
     @property
@@ -182,8 +186,11 @@ class Producer:
             if self._ticket is not None:
                 with self.trace.queue_wait(self._ticket.position):
                     await self._ticket.wait(self._queued)
+            if self._waited:
+                telemetry.queue_waited(time.monotonic() - self._t0)
             await self._generate()
         except QueueTimeout as exc:
+            telemetry.queue_rejected("timeout", self.stream_id)
             await self._finish_error(exc.message, exc.code, True)
         except asyncio.CancelledError:
             # Record why the stream ended, with what it had cost so far, then let the
@@ -202,7 +209,9 @@ class Producer:
             # (by this process or another) once the store is back.
             log_event(log, "store_lost", level=logging.WARNING, stream_id=self.stream_id, error=exc)
         except Exception:
-            log.exception(logfmt("producer_failed", {"stream_id": self.stream_id}))
+            log_event(
+                log, "producer_failed", level=logging.ERROR, exc_info=True, stream_id=self.stream_id
+            )
             await self._finish_error("Internal gateway error", "internal", True)
         finally:
             if self._ticket is not None:
@@ -211,6 +220,9 @@ class Producer:
             self.trace.end(self, status)
 
     async def _queued(self, position: int) -> None:
+        if not self._waited:
+            self._waited = True
+            telemetry.queued(self.stream_id, position)
         await self._log.append(self.stream_id, events.Queued(position))
 
     async def _generate(self) -> None:
@@ -245,7 +257,8 @@ class Producer:
         self._attempt_deltas = 0
         ended = False
         stop_reason: str | None = None
-        untimed = self.first_text_at is None
+        started = time.monotonic()
+        first_delta: float | None = None  # this attempt's, for the upstream's time to it
         meter = self.meter
         per_token = self._models.output_micro_usd(self.request.model) if meter else 0.0
         over_budget = False
@@ -253,8 +266,11 @@ class Producer:
             async with contextlib.aclosing(self._provider.stream(request)) as deltas:
                 async for delta in deltas:
                     if type(delta) is str:
-                        if untimed:
-                            self.first_text_at, untimed = time.monotonic(), False
+                        if first_delta is None:
+                            first_delta = time.monotonic()
+                            if self.first_text_at is None:
+                                self.first_text_at = first_delta
+                                telemetry.first_token(sid, (first_delta - self._t0) * 1000)
                         if skip:
                             dropped = min(skip, len(delta) - len(delta.lstrip()))
                             delta = delta[dropped:]
@@ -291,9 +307,12 @@ class Producer:
                 usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
                 self.estimated = self.estimated or self._attempt_deltas > 0
             self.usage.add(usage)
+            if first_delta is not None:
+                telemetry.upstream_first_delta(self.request.model, first_delta - started)
             attempt.counted(self._attempt_deltas, usage, ended)
         if over_budget:
             assert meter is not None
+            telemetry.budget_exceeded(meter.scope, "mid_stream")
             await self._finish_error(meter.exceeded().message, "budget_exceeded", False)
             return True
         if ended:
@@ -303,6 +322,7 @@ class Producer:
     async def _recover(self, exc: UpstreamError, *, continuing: bool) -> bool:
         """Decide what a failed attempt leads to; False when the stream has ended."""
         sid = self.stream_id
+        telemetry.upstream_error(exc.error_type)
         if continuing and _rejects_prefill(exc):
             # The model turned out not to accept a prefill: remember, and restart.
             self._models.mark_rejects_prefill(self.request.model)
@@ -317,6 +337,7 @@ class Producer:
                 return False
             self.retries += 1
             self.retries_total += 1
+            telemetry.retried(exc.error_type)
             log_event(
                 log, "upstream_retry", level=logging.WARNING, stream_id=sid,
                 retry=self.retries, delay_s=wait, status=exc.status, error_type=exc.error_type,
@@ -338,6 +359,7 @@ class Producer:
             return False
         if not self._models.accepts_prefill(self.request.model):
             return await self._restart(exc)
+        telemetry.continued(exc.error_type)
         log_event(
             log, "continuation", level=logging.WARNING, stream_id=sid, mode="prefill",
             attempt=self.continuations, chars=len(self._answer.text), error_type=exc.error_type,
@@ -345,6 +367,7 @@ class Producer:
         return True
 
     async def _restart(self, exc: UpstreamError) -> bool:
+        telemetry.restarted()
         log_event(
             log, "reset", level=logging.WARNING, stream_id=self.stream_id,
             error_type=exc.error_type,

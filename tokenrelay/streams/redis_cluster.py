@@ -23,7 +23,7 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from tokenrelay.errors import Overloaded
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.log import log_event
 from tokenrelay.streams import keys
 from tokenrelay.streams.cluster import ClusterHost
 from tokenrelay.streams.redis import RedisLog, store_errors

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenrelay.errors import LedgerUnavailable
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.log import log_event
 from tokenrelay.usage import migrate, query
 from tokenrelay.usage.database import open_engine
 from tokenrelay.usage.record import StreamRecord
