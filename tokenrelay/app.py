@@ -13,7 +13,7 @@ from tokenrelay.config import Settings
 from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.exporter import metrics_server
-from tokenrelay.routes import errors, health, metrics, openapi, stream, usage, web
+from tokenrelay.routes import errors, health, metrics, openapi, ops, stream, usage, web
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     if not settings.metrics_port:  # else /metrics is on its own port only
         app.include_router(metrics.router)
     app.include_router(web.router)
+    app.include_router(ops.router)
     app.mount("/static", web.static, name="static")
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenrelay.admission.budgets import Budget, Budgets
@@ -14,8 +14,9 @@ from tokenrelay.admission.rate_limits import Limit, RateLimits
 from tokenrelay.auth.api_keys import ApiKeyAuth
 from tokenrelay.auth.base import Authenticator
 from tokenrelay.auth.factory import build_authenticator
-from tokenrelay.auth.tickets import TicketStore
+from tokenrelay.auth.tickets import MemoryTickets, TicketStore
 from tokenrelay.config import Settings
+from tokenrelay.observability.ops import OpsMonitor
 from tokenrelay.observability.tracing import OFF, Tracing, setup
 from tokenrelay.pricing import ModelTable
 from tokenrelay.registry import build_provider, build_store, build_usage
@@ -67,6 +68,9 @@ class Gateway:
     rate_limits: RateLimits
     budgets: Budgets
     ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
+    ops: OpsMonitor | None = None  # what the operations page shows
+    # The operations feed's tickets: this instance's own, since the feed describes it.
+    ops_tickets: TicketStore = field(default_factory=MemoryTickets)
     tracing: Tracing = OFF
 
 
@@ -198,6 +202,9 @@ async def open_gateway(
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()
+        ops = OpsMonitor(manager, ledger)
+        ops.start()
+        stack.push_async_callback(ops.aclose)  # first: it reads the manager and the ledger
         yield Gateway(
             settings,
             prepared.models,
@@ -216,5 +223,6 @@ async def open_gateway(
                 extra_overrides=key_budgets_of(prepared.authenticator, settings),
             ),
             ledger=ledger,
+            ops=ops,
             tracing=tracing,
         )

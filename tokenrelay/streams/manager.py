@@ -94,6 +94,20 @@ class StreamTimings:
     abandon_after: float = 60.0
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class InFlight:
+    """A stream this instance is producing, at one moment."""
+
+    stream_id: str
+    model: str
+    started_at: float  # time.time()
+    queue_position: int | None  # its place at the gate while it waits; None once running
+    text_deltas: int  # of the answer so far (a reset starts it again)
+    readers: int  # connections reading it from this instance
+    retries: int  # in a row, before the current attempt's first token
+    continuations: int
+
+
 class StreamManager:
     def __init__(
         self,
@@ -488,6 +502,27 @@ class StreamManager:
         """The trace of the stream's producer when it runs here (a reader's span links it)."""
         running = self._producers.get(stream_id)
         return None if running is None else running[0].trace
+
+    def in_flight(self) -> list[InFlight]:
+        """The streams this instance produces now, as the operations page shows them;
+        read only, nothing of theirs is touched."""
+        readers = self._readers
+        rows = []
+        for stream_id, (producer, _task) in self._producers.items():
+            ticket = producer._ticket
+            rows.append(
+                InFlight(
+                    stream_id=stream_id,
+                    model=producer.request.model,
+                    started_at=producer.started_at,
+                    queue_position=None if ticket is None or ticket.admitted else ticket.position,
+                    text_deltas=len(producer._answer.parts),
+                    readers=readers.get(stream_id, 0),
+                    retries=producer.retries,
+                    continuations=producer.continuations,
+                )
+            )
+        return rows
 
     # -- shutdown ------------------------------------------------------------------
 
