@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -15,8 +16,11 @@ from tokenrelay.observability import telemetry
 from tokenrelay.observability.exporter import metrics_server
 from tokenrelay.routes import errors, health, metrics, openapi, ops, stream, usage, web
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
-def create_app(settings: Settings) -> FastAPI:
+
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     """The app; its `Gateway` (store, provider, manager) opens with the lifespan.
     What can be checked without I/O (keys, models, limits) fails here, at start."""
     prepared = prepare(settings)
@@ -24,7 +28,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            gw = await stack.enter_async_context(open_gateway(settings, prepared))
+            gw = await stack.enter_async_context(open_gateway(settings, prepared, tracer_provider))
             if settings.metrics_port:
                 host = settings.metrics_host or settings.host
                 await stack.enter_async_context(metrics_server(host, settings.metrics_port))
@@ -42,6 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
         title="tokenrelay",
         version=__version__,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans would record a request's query string (an
+        # EventSource stream's prompt): the gateway's spans are observability/tracing.py's.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         middleware=middleware.stack(settings),
     )
     errors.install(app)

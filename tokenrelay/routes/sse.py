@@ -24,6 +24,7 @@ from tokenrelay.dialects.base import Dialect
 from tokenrelay.errors import GatewayError, Overloaded
 from tokenrelay.events import Text
 from tokenrelay.observability import telemetry
+from tokenrelay.observability.tracing import NO_DELIVERY, Delivery
 from tokenrelay.streams.manager import StreamManager
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
@@ -82,6 +83,7 @@ async def stream_frames(
     after: int,
     dialect: Dialect,
     first_text: Callable[[], None] | None = None,
+    trace: Delivery = NO_DELIVERY,
 ) -> AsyncIterator[bytes]:
     """Every entry after `after` in `dialect`, a batch per write, heartbeats when idle.
     `first_text()` is called as the first batch with text goes out (the batches
@@ -90,7 +92,11 @@ async def stream_frames(
     A response that ends without the terminal event (the instance shuts down, the
     store is unreachable) just ends: the client resumes from the last id it got, on
     whichever instance answers. Any other gateway error is the dialect's error frame.
+    `trace` is the reader's span: what it was sent, and how it ended.
     """
+    trace.start()
+    events = writes = 0
+    outcome = "disconnected"  # unless the loop ends: the client left (the task cancelled)
     try:
         async for entries in manager.follow(stream_id, after):
             if not entries:
@@ -102,8 +108,17 @@ async def stream_frames(
             chunk = dialect.render(entries)
             if entries[-1].terminal and dialect.final:
                 chunk += dialect.final
+            events += len(entries)
+            writes += 1
+            if entries[-1].terminal:
+                outcome = "completed"
             yield chunk
+        if outcome != "completed":
+            outcome = "ended"
     except Overloaded:
-        return
+        outcome = "ended"
     except GatewayError as exc:
+        outcome = "error"
         yield dialect.error(exc)
+    finally:
+        trace.end(events, writes, outcome)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from structlog.contextvars import bind_contextvars
 
@@ -19,6 +20,7 @@ from tokenrelay.errors import InvalidRequest
 from tokenrelay.gateway import Gateway
 from tokenrelay.middleware.request_id import arrived_at, request_id
 from tokenrelay.observability import telemetry
+from tokenrelay.observability.tracing import NO_DELIVERY, Delivery
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.routes.deps import Caller, GatewayDep, authenticate
 from tokenrelay.routes.openapi import SSE_OK, errors
@@ -49,6 +51,7 @@ def _respond(
     after: int,
     admission: Admission = UNLIMITED,
     first_text: Callable[[], None] | None = None,
+    trace: Delivery = NO_DELIVERY,
 ) -> SSEResponse:
     manager = gw.manager
     bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
@@ -58,13 +61,19 @@ def _respond(
         **admission.headers(),
     }
     dialect = TokensDialect(stream_id, gw.settings.client_retry_ms)
-    return SSEResponse(stream_frames(manager, stream_id, after, dialect, first_text), headers)
+    frames = stream_frames(manager, stream_id, after, dialect, first_text, trace)
+    return SSEResponse(frames, headers)
 
 
-async def _resume(gw: Gateway, caller: Principal, stream_id: str, after: int) -> SSEResponse:
+async def _resume(
+    gw: Gateway, caller: Principal, stream_id: str, after: int, headers: Headers
+) -> SSEResponse:
     await gw.manager.lookup(stream_id, caller.id)
     telemetry.resumed(stream_id, after)
-    return _respond(gw, stream_id, after)
+    # A reader of its own trace (the client's), linked to the stream's when it runs here.
+    tracing = gw.tracing
+    parent, stream = tracing.extract(headers), gw.manager.trace_of(stream_id)
+    return _respond(gw, stream_id, after, trace=tracing.delivery(parent, stream_id, after, stream))
 
 
 async def _start(gw: Gateway, generation: GenerationRequest, **kw: Any) -> str:
@@ -94,24 +103,28 @@ async def start_stream(
     """Start a stream and follow it (or resume the one `Last-Event-ID` names)."""
     resume = parse_after(last_event_id, None)
     if resume is not None:
-        return await _resume(gw, caller, *resume)
+        return await _resume(gw, caller, *resume, request.headers)
     raw = await request.body()
     parsed = gw.validator.from_json(raw)
     generation = parsed.request
-    who, admission, meter = await _admit(gw, request, caller, generation)
-    stream_id = await _start(
-        gw,
-        generation,
-        owner=caller.id,
-        request_id=request_id,
-        body_fingerprint=fingerprint(raw),
-        idempotency_key=idempotency_key,
-        on_end=_settlement(gw, admission),
-        principal=who,
-        meter=meter,
-        use_cache=parsed.use_cache and _cache_allowed(request),
-    )
-    return _respond(gw, stream_id, -1, admission, _first_text(request, generation))
+    with gw.tracing.admission(request.headers, request_id) as admitted:
+        who, admission, meter = await _admit(gw, request, caller, generation)
+        stream_id = await _start(
+            gw,
+            generation,
+            owner=caller.id,
+            request_id=request_id,
+            body_fingerprint=fingerprint(raw),
+            idempotency_key=idempotency_key,
+            on_end=_settlement(gw, admission),
+            principal=who,
+            meter=meter,
+            use_cache=parsed.use_cache and _cache_allowed(request),
+        )
+        admitted.started(stream_id)
+    delivery = gw.tracing.delivery(admitted.context, stream_id, -1, None)
+    first_text = _first_text(request, generation)
+    return _respond(gw, stream_id, -1, admission, first_text, delivery)
 
 
 def _cache_allowed(request: Request) -> bool:
@@ -138,26 +151,30 @@ async def start_stream_eventsource(
     tickets = gw.tickets
     if resume is not None:
         caller = await (tickets.resume(ticket, resume[0]) if ticket else authenticate(gw, request))
-        return await _resume(gw, caller, *resume)
+        return await _resume(gw, caller, *resume, request.headers)
     params = {k: v for k, v in request.query_params.items() if k != "ticket"}
     generation = gw.validator.from_query(params)
-    caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
-    who, admission, meter = await _admit(gw, request, caller, generation)
-    query = str(request.url.query).encode()
-    stream_id = await _start(
-        gw,
-        generation,
-        owner=caller.id,
-        request_id=request_id,
-        body_fingerprint=fingerprint(query),
-        on_end=_settlement(gw, admission),
-        principal=who,
-        meter=meter,
-        # Not `_cache_allowed`: a browser's EventSource sends `no-cache` on every request.
-    )
+    with gw.tracing.admission(request.headers, request_id) as admitted:
+        caller = await tickets.redeem(ticket) if ticket else await authenticate(gw, request)
+        who, admission, meter = await _admit(gw, request, caller, generation)
+        query = str(request.url.query).encode()
+        stream_id = await _start(
+            gw,
+            generation,
+            owner=caller.id,
+            request_id=request_id,
+            body_fingerprint=fingerprint(query),
+            on_end=_settlement(gw, admission),
+            principal=who,
+            meter=meter,
+            # Not `_cache_allowed`: a browser's EventSource sends `no-cache` on every request.
+        )
+        admitted.started(stream_id)
     if ticket:
         await tickets.bind(ticket, caller, stream_id, gw.settings.stream_ttl)
-    return _respond(gw, stream_id, -1, admission, _first_text(request, generation))
+    delivery = gw.tracing.delivery(admitted.context, stream_id, -1, None)
+    first_text = _first_text(request, generation)
+    return _respond(gw, stream_id, -1, admission, first_text, delivery)
 
 
 def _who(gw: Gateway, request: Request, caller: Principal) -> str:
@@ -194,6 +211,7 @@ async def issue_ticket(gw: GatewayDep, caller: Caller) -> JSONResponse:
 
 @router.get("/api/streams/{stream_id}", responses={**SSE_OK, **errors(400, 401, 404, 503)})
 async def resume_stream(
+    request: Request,
     gw: GatewayDep,
     caller: Caller,
     stream_id: str,
@@ -205,7 +223,7 @@ async def resume_stream(
     resume = parse_after(last_event_id, stream_id)
     if resume is not None:
         after = resume[1]
-    return await _resume(gw, caller, stream_id, -1 if after is None else after)
+    return await _resume(gw, caller, stream_id, -1 if after is None else after, request.headers)
 
 
 @router.delete("/api/streams/{stream_id}", responses=errors(401, 404, 503))
