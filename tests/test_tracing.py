@@ -518,9 +518,9 @@ async def test_otlp_exports_the_streams_spans_to_the_configured_endpoint(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     client_trace = ClientTrace.new()
-    otlp = {"TOKENRELAY_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
-    otlp |= {"OTEL_SERVICE_NAME": "tokenrelay-under-test", "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    with run_stack(tmp_path, **otlp) as stack:
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    otlp["OTEL_SERVICE_NAME"] = "tokenrelay-under-test"
+    with run_stack(tmp_path, "--tracing", "otlp", **otlp) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             prompt = unique("Exported [[sim:tokens=4]]")
             read = await start(client, {"prompt": prompt}, headers=client_trace.headers)

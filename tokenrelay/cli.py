@@ -62,6 +62,11 @@ def serve(
         help="Serve /metrics on this port only, not on the main one; 0 = on the main port "
         "[env TOKENRELAY_METRICS_PORT; 0].",
     ),
+    tracing: str = typer.Option(
+        None,
+        help="off | otlp: OpenTelemetry spans over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "[env TOKENRELAY_TRACING; off].",
+    ),
 ) -> None:
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
     from pydantic import ValidationError
@@ -93,6 +98,7 @@ def serve(
             "log_format": log_format,
             "access_log": access_log,
             "metrics_port": metrics_port,
+            "tracing": tracing,
         }.items()
         if v is not None
     }
