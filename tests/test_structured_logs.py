@@ -1,0 +1,145 @@
+"""Structured logs as an operator reads them: one JSON object a line (uvicorn's and
+alembic's lines too), readable lines on `--log-format console`, the request id echoed
+on every response and carried by every line of the stream it started, and an access
+log that leaves out the query string (where an EventSource request's prompt is)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    Read,
+    Stack,
+    assert_error,
+    log_events,
+    log_lines,
+    read_stream,
+    run_stack,
+    start,
+    unique,
+)
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+GENERATED_ID = re.compile(r"^req_[0-9a-f]{24}$")
+
+
+@dataclass
+class Logged:
+    log: str
+    posted: Read  # with an X-Request-ID of its own
+    browser: Read  # an EventSource-style GET with the prompt in its query, no X-Request-ID
+    query_prompt: str
+
+
+@pytest.fixture(scope="module")
+async def logged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Logged]:
+    tmp = tmp_path_factory.mktemp("logs")
+    query_prompt = unique("Secret question in a query string [[sim:tokens=6]]")
+    with run_stack(tmp, "--access-log") as stack:
+        async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
+            posted = await start(
+                client, {"prompt": unique("Logged [[sim:tokens=7]]")},
+                headers={"X-Request-ID": "req-logged-1"},
+            )  # fmt: skip
+            browser = await read_stream(
+                client, "GET", "/api/stream-response", params={"prompt": query_prompt}
+            )
+    yield Logged(stack.log_text(), posted, browser, query_prompt)
+
+
+def test_every_line_is_one_json_object_with_event_level_time_and_logger(
+    logged: Logged,
+) -> None:
+    lines = logged.log.splitlines()
+    parsed = log_lines(logged.log)
+    assert len(parsed) == len(lines) > 10  # nothing but JSON lines
+    for line in parsed:
+        assert {"event", "level", "timestamp", "logger"} <= set(line), line
+        assert line["level"] in {"debug", "info", "warning", "error", "critical"}, line
+        assert ISO_UTC.match(line["timestamp"]), line
+    loggers = {line["logger"] for line in parsed}
+    # uvicorn's own lines and alembic's go through the same pipeline as ours.
+    assert {"uvicorn.error", "uvicorn.access", "alembic.runtime.migration"} <= loggers
+    assert {"tokenrelay.server", "tokenrelay.streams"} <= loggers
+    assert [e["event"] for e in log_events(logged.log, "serving")] == ["serving"]
+
+
+def test_a_streams_lines_carry_the_request_id_the_client_sent_or_was_given(
+    logged: Logged,
+) -> None:
+    for read, request_id in (
+        (logged.posted, "req-logged-1"),
+        (logged.browser, logged.browser.headers["x-request-id"]),
+    ):
+        assert read.headers["x-request-id"] == request_id
+        stream_id = read.events[0].stream_id
+        # The start event says which request started the stream, too.
+        assert read.events[0].data["request_id"] == request_id
+        lines = [line for line in log_lines(logged.log) if line.get("stream_id") == stream_id]
+        assert sorted(line["event"] for line in lines) == [
+            "first_token", "http_request", "stream_complete", "stream_start",
+        ]  # fmt: skip
+        assert {line["request_id"] for line in lines} == {request_id}
+    assert GENERATED_ID.match(logged.browser.headers["x-request-id"])
+
+
+def test_the_access_log_leaves_out_the_query_string(logged: Logged) -> None:
+    requests = [
+        (line["method"], line["path"], line["status"])
+        for line in log_lines(logged.log)
+        if line["event"] == "http_request" and line["path"].startswith("/api/")
+    ]
+    assert requests == [("POST", "/api/stream-response", 200), ("GET", "/api/stream-response", 200)]
+    words = logged.query_prompt.partition(" [[")[0]
+    assert words not in logged.log
+    assert httpx.URL("/", params={"prompt": words}).query.decode() not in logged.log
+
+
+def test_console_format_is_readable_lines_not_json(tmp_path: Path) -> None:
+    with run_stack(tmp_path, "--log-format", "console") as stack:
+        posted = httpx.post(
+            f"{stack.gateway}/api/stream-response",
+            json={"prompt": unique("Console [[sim:tokens=4]]")},
+            headers={"X-Request-ID": "req-console-1"},
+            timeout=30,
+        )
+        assert posted.status_code == 200
+        stream_id = posted.headers["x-stream-id"]
+    text = stack.log_text()
+    assert log_lines(text) == [] and "\x1b[" not in text  # no JSON, no colours off a tty
+    [complete] = [line for line in text.splitlines() if " stream_complete " in line]
+    # time [level] event [logger] key=value …
+    head = r"\[info\s*\] stream_complete\s+\[tokenrelay.streams\] "
+    assert re.match(ISO_UTC.pattern.removesuffix("$") + " " + head, complete), complete
+    pairs = complete.split("[tokenrelay.streams] ")[1].split()
+    fields = dict(pair.split("=", 1) for pair in pairs)
+    assert (fields["request_id"], fields["stream_id"], fields["output_tokens"]) == (
+        "req-console-1", stream_id, "4",
+    )  # fmt: skip
+
+
+async def test_every_response_echoes_its_request_id(stack: Stack) -> None:
+    sent = {"X-Request-ID": "req-echo-1"}
+    async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
+        answers = [
+            await client.get("/healthz", headers=sent),
+            await client.get("/metrics", headers=sent),
+            await client.get("/no/such/page", headers=sent),
+            await client.post("/api/stream-response", content=b"{", headers=sent),
+            await client.post("/api/stream-response", content=b"x" * (2 << 20), headers=sent),
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 404, 400, 413]
+        assert [a.headers.get_list("x-request-id") for a in answers] == [["req-echo-1"]] * 5
+        assert_error(answers[4], 413, "request_too_large")
+        # Without one, or with one that is not a short printable ASCII string, a new one.
+        for headers in ({}, {"X-Request-ID": "x" * 129}, {"X-Request-ID": "tab\there"}):
+            given = (await client.get("/healthz", headers=headers)).headers["x-request-id"]
+            assert GENERATED_ID.match(given), given
+        streamed = await start(client, {"prompt": unique("Echo [[sim:tokens=3]]")}, headers=sent)
+        assert streamed.headers.get_list("x-request-id") == ["req-echo-1"]
