@@ -343,10 +343,6 @@ class OpsMonitor:
     def sample(self) -> None:
         self.history.add(Sample(time.monotonic(), read_sample(self._reader)))
 
-    @property
-    def watchers(self) -> int:
-        return self._watchers
-
     def watch(self) -> AsyncGenerator[dict[str, Any], None]:
         """A snapshot per tick, until the gateway has drained (or closes); Overloaded
         when it is shutting down with nothing left to show."""
@@ -360,12 +356,14 @@ class OpsMonitor:
         if self._watchers == 1:
             self._costs_at = -math.inf  # what was known while nobody watched is stale
         self._wake.set()  # a fresh sample and snapshot now, not at the next idle tick
+        sent = None
         try:
             while not self._ended:
-                tick = self._tick
-                await tick.wait()
-                if self._latest is not None:
-                    yield self._latest
+                await self._tick.wait()
+                latest = self._latest
+                if latest is not None and latest is not sent:  # once each, the last too
+                    sent = latest
+                    yield latest
         finally:
             self._watchers -= 1
 
