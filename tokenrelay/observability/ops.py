@@ -8,8 +8,9 @@ figure over an interval is the difference of two samples: counts, per-minute rat
 and quantiles of the histogram buckets' increase, interpolated as Prometheus'
 `histogram_quantile` does.
 
-`OpsMonitor` owns the sampling. A sample costs about 0.6 ms of CPU (the histograms'
-`collect()`, mostly), so it samples every `idle_every` seconds while nobody watches
+`OpsMonitor` owns the sampling. A sample costs some 0.3 ms of CPU with three models
+in use, more with more (the histograms' `collect()`, mostly), and a snapshot's figures
+as much again; so it samples every `idle_every` seconds while nobody watches
 and every `every` second while an operations page is open; for those pages it builds
 one snapshot per tick, shared by all of them: the figures, the streams in flight and
 today's costs from the usage ledger (queried every `cost_every` seconds, not per tick).
