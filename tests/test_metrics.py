@@ -33,9 +33,11 @@ from tests.support import (
     unique,
 )
 from tests.support.auth import create_key
-from tests.support.clock import fresh_minute
+from tests.support.clock import fresh_minute, not_at_midnight
 from tests.support.metrics import Key, Scrape, key, scrape
 from tokenrelay import __version__
+from tokenrelay.admission.budgets import dollars
+from tokenrelay.simulator.engine import Simulator
 
 MODEL = "claude-haiku-4-5"
 VERSION = __version__
@@ -368,3 +370,77 @@ def test_metrics_on_the_main_port_are_for_admins_when_auth_is_on(tmp_path: Path)
         assert openmetrics.status_code == 200
         assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
         assert openmetrics.text.endswith("# EOF\n")
+
+
+async def test_joins_and_cache_replays_are_counted_apart_from_the_streams_they_reuse(
+    tmp_path: Path,
+) -> None:
+    prompt = f"{unique('Telemetry reused')} [[sim:tokens=20]] [[sim:tps=20]]"
+    with run_stack(tmp_path, TOKENRELAY_CACHE_TTL="60") as stack:
+        before = scrape(stack.gateway)
+        async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
+            first = asyncio.create_task(start(client, {"prompt": prompt}))
+            await eventually_async(
+                lambda: scrape(stack.gateway).value("tokenrelay_active_streams") == 1,
+                what="the first stream",
+            )
+            joined = await start(client, {"prompt": prompt})  # while the first generates
+            generated = await first
+            replayed = await start(client, {"prompt": prompt})  # once it is kept
+        after = scrape(stack.gateway)
+    assert joined.headers["x-stream-id"] == generated.headers["x-stream-id"]
+    assert replayed.events[-1].data["cached"] is True
+    usage = generated.events[-1].data["usage"]
+    assert after.moved_since(before) == {
+        key("tokenrelay_streams_started_total", **API): 1,
+        key("tokenrelay_streams_completed_total", **API, status="done"): 1,
+        key("tokenrelay_time_to_first_token_seconds_count", **API): 3,  # each client's
+        key("tokenrelay_upstream_time_to_first_token_seconds_count", model=MODEL): 1,
+        key("tokenrelay_stream_duration_seconds_count", **API): 1,
+        key("tokenrelay_output_tokens_per_second_count", model=MODEL): 1,
+        key("tokenrelay_tokens_total", model=MODEL, kind="input"): usage["input_tokens"],
+        key("tokenrelay_tokens_total", model=MODEL, kind="output"): usage["output_tokens"],
+        key("tokenrelay_cost_usd_total", model=MODEL): generated.events[-1].data["cost_usd"],
+        key("tokenrelay_cache_requests_total", result="miss"): 2,
+        key("tokenrelay_cache_requests_total", result="hit"): 1,
+        key("tokenrelay_coalesced_total"): 1,
+    }
+    log = stack.log_text()
+    assert [e["stream_id"] for e in log_events(log, "coalesced")] == [
+        generated.headers["x-stream-id"]
+    ]
+    assert [e["stream_id"] for e in log_events(log, "cache_hit")] == [
+        replayed.headers["x-stream-id"]
+    ]
+
+
+async def test_budget_refusals_are_counted_by_scope_and_when(tmp_path: Path) -> None:
+    not_at_midnight()
+    prompt = unique("Telemetry spends [[sim:tokens=60]]")
+    body = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": prompt}]}
+    # claude-haiku-4-5 costs 1 micro-dollar an input token and 5 an output token: the
+    # prompt and 20 tokens spend the budget to the last micro-dollar.
+    budget = dollars((Simulator().plan(body).input_tokens + 20 * 5) / 1e6)
+    with run_stack(tmp_path, TOKENRELAY_BUDGET_DAILY_USD=budget) as stack:
+        before = scrape(stack.gateway)
+        async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
+            cut = await start(client, {"prompt": prompt})
+            refused = await client.post("/api/stream-response", json={"prompt": "More?"})
+        after = scrape(stack.gateway)
+    assert cut.events[-1].data["code"] == "budget_exceeded"
+    assert_error(refused, 429, "rate_limit_error")
+    moved = after.moved_since(before)
+    assert {k: v for k, v in moved.items() if "budget" in k[0] or "completed" in k[0]} == {
+        key("tokenrelay_budget_refusals_total", scope="daily", when="mid_stream"): 1,
+        key("tokenrelay_budget_refusals_total", scope="daily", when="admission"): 1,
+        key("tokenrelay_streams_completed_total", **API, status="budget_exceeded"): 1,
+    }
+    log = stack.log_text()
+    assert log_events(log, "budget_exceeded") == [
+        {"event": "budget_exceeded", "scope": "daily", "when": "mid_stream",
+         "stream_id": cut.events[0].stream_id},
+        {"event": "budget_exceeded", "scope": "daily", "when": "admission",
+         "principal": "127.0.0.1"},
+    ]  # fmt: skip
+    [error] = log_events(log, "stream_error")
+    assert (error["stream_id"], error["code"]) == (cut.events[0].stream_id, "budget_exceeded")

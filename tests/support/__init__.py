@@ -8,7 +8,8 @@ only define fixtures):
     answers     unique prompts, and the simulator's direct answer to compare with
     assertions  Claude's error shape; one whole answer
     polling     `eventually`: wait for a condition, with a deadline that names it
-    logs        the gateway's structured log events
+    logs        the gateway's structured log, one JSON object a line
+    metrics     a gateway's /metrics, scraped, and what moved between two scrapes
     auth        API keys, JWTs and a JWKS endpoint
     proxy       a TCP proxy that cuts connections
     browser     the chat page in Chromium (imported by the browser tests only)
