@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.support import (
+    ROOT,
     eventually,
     eventually_async,
     free_port,
@@ -587,3 +590,24 @@ async def test_an_eventsource_streams_spans_carry_no_prompt(simulator: str) -> N
         "tokenrelay.upstream",
     ]
     _assert_no_text(spans, words, "Asked", read.text)
+
+
+@pytest.mark.parametrize(("tracing", "loaded"), [("off", []), ("otlp", ["exporter", "sdk"])])
+def test_the_sdk_is_loaded_only_when_tracing_is_on(tracing: str, loaded: list[str]) -> None:
+    # A gateway opened as `serve` opens it, in a process of its own (this one has the SDK).
+    probe = (
+        "import asyncio, sys\n"
+        "from tokenrelay.config import Settings\n"
+        "from tokenrelay.gateway import open_gateway, prepare\n"
+        f"settings = Settings(provider='simulator', database_url='off', tracing='{tracing}')\n"
+        "async def main():\n"
+        "    async with open_gateway(settings, prepare(settings)) as gw:\n"
+        "        print(type(gw.tracing).__name__)\n"
+        "        parts = {m.split('.')[1] for m in sys.modules if m.startswith('opentelemetry.')}\n"
+        "        print(sorted(parts & {'sdk', 'exporter'}))\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["Tracing" if tracing == "off" else "OtelTracing", str(loaded)]
