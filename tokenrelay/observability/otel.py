@@ -9,7 +9,7 @@ belongs to is decided here, not by whichever task happens to run it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -76,22 +76,23 @@ def _context(span: OtelSpan) -> Context:
     return set_span_in_context(span, Context())
 
 
-def _record_error(span: OtelSpan, exc: BaseException) -> None:
-    """The error's type and status, never its message (it may quote a request)."""
-    if isinstance(exc, GatewayError):
-        span.set_attribute("error.type", exc.error_type)
-        if not isinstance(exc, UpstreamIncomplete):  # that one's 502 is ours, not sent
-            span.set_attribute("http.response.status_code", exc.status)
-    else:
+def _record_error(span: OtelSpan, exc: BaseException, *, http_status: bool) -> None:
+    """The error's type (and, where it is an HTTP answer's, its status), never its
+    message: that may quote a request."""
+    if not isinstance(exc, GatewayError):
         span.set_attribute("error.type", type(exc).__qualname__)
+        return
+    span.set_attribute("error.type", exc.error_type)
+    if http_status:
+        span.set_attribute("http.response.status_code", exc.status)
 
 
 class OtelTracing(tracing.Tracing):
-    enabled = True
-
-    def __init__(self, provider: TracerProvider, *, owned: bool) -> None:
+    def __init__(
+        self, provider: TracerProvider, *, shutdown: Callable[[], object] | None = None
+    ) -> None:
         self._tracer = provider.get_tracer("tokenrelay", __version__)
-        self._owned = provider if owned else None
+        self._shutdown = shutdown  # a provider of our own's: the caller keeps theirs
 
     def extract(self, headers: Mapping[str, str]) -> Context | None:
         context = PROPAGATOR.extract(headers)
@@ -114,10 +115,8 @@ class OtelTracing(tracing.Tracing):
         return _Delivery(self._tracer, parent, stream_id, after, link)
 
     def shutdown(self) -> None:
-        if self._owned is not None:
-            shutdown = getattr(self._owned, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
+        if self._shutdown is not None:
+            self._shutdown()
 
 
 class _Admission(tracing.Admission):
@@ -151,7 +150,7 @@ class _Admission(tracing.Admission):
         STREAM_PARENT.reset(self._token)
         span = self._span
         if exc is not None:
-            _record_error(span, exc)
+            _record_error(span, exc, http_status=True)
             # A refusal (4xx) is the gateway working; only a 5xx is a failed span.
             if not isinstance(exc, GatewayError) or exc.status >= 500:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
@@ -231,7 +230,7 @@ class _QueueWait(tracing.Span):
             span.set_attribute("tokenrelay.queue.outcome", "cancelled")
         else:
             span.set_attribute("tokenrelay.queue.outcome", "timeout")
-            _record_error(span, exc)
+            _record_error(span, exc, http_status=False)
             span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
         span.end()
 
@@ -285,9 +284,11 @@ class _Attempt(tracing.Attempt):
             span.set_attribute("tokenrelay.attempt.outcome", "cancelled")
         else:
             cut = isinstance(exc, UpstreamIncomplete)
-            failed = "cut" if cut else "failed" if isinstance(exc, UpstreamError) else "error"
-            span.set_attribute("tokenrelay.attempt.outcome", failed)
-            _record_error(span, exc)
+            answered = isinstance(exc, UpstreamError) and not cut  # with an HTTP error
+            span.set_attribute(
+                "tokenrelay.attempt.outcome", "cut" if cut else "failed" if answered else "error"
+            )
+            _record_error(span, exc, http_status=answered)
             span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
         span.end()
 

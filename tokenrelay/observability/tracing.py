@@ -154,8 +154,6 @@ NO_DELIVERY = Delivery()
 class Tracing:
     """The tracer the core calls; this one, `OFF`, traces nothing."""
 
-    enabled = False
-
     def extract(self, headers: Mapping[str, str]) -> Context | None:
         """The client's trace context (`traceparent`, `tracestate`), if it sent one."""
         return None
@@ -191,5 +189,6 @@ def setup(mode: Literal["off", "otlp"], provider: TracerProvider | None = None) 
     from tokenrelay.observability import otel
 
     if provider is None:
-        return otel.OtelTracing(otel.otlp_provider(), owned=True)
-    return otel.OtelTracing(provider, owned=False)
+        own = otel.otlp_provider()
+        return otel.OtelTracing(own, shutdown=own.shutdown)
+    return otel.OtelTracing(provider)
