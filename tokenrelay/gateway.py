@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenrelay.admission.budgets import Budget, Budgets
-from tokenrelay.admission.gate import Caps, Gate
 from tokenrelay.admission.rate_limits import Limit, RateLimits
 from tokenrelay.auth.api_keys import ApiKeyAuth
 from tokenrelay.auth.base import Authenticator
@@ -151,16 +150,6 @@ def key_budgets_of(
     return budget
 
 
-def caps_of(settings: Settings) -> Caps:
-    return Caps(
-        max_concurrent=settings.max_concurrent,
-        per_principal=settings.max_concurrent_per_principal,
-        queue_size=settings.queue_size,
-        queue_timeout=settings.queue_timeout,
-        per_principal_queue=settings.queue_per_principal,
-    )
-
-
 @asynccontextmanager
 async def open_gateway(
     settings: Settings, prepared: Prepared, tracer_provider: TracerProvider | None = None
@@ -193,7 +182,7 @@ async def open_gateway(
             ),
             usage=usage,
             coalescer=Coalescer(settings.coalesce, guest_ttl=settings.stream_ttl),
-            gate=Gate(caps_of(settings)),
+            gate=store.gate,
             cache=store.cache,
             cache_policy=CachePolicy(
                 ttl=settings.cache_ttl, scope=settings.cache_scope, sampled=settings.cache_sampled

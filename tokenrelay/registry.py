@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenrelay.admission.budgets import SpendCounters
+from tokenrelay.admission.gate import Caps, Gate
 from tokenrelay.admission.rate_limits import Counters
 from tokenrelay.auth.tickets import TicketStore
 from tokenrelay.config import Settings
@@ -27,14 +28,16 @@ class Store:
     log: StreamLog
     cluster: Cluster
     # Tickets live beside the logs (in Redis when they are), so that an EventSource
-    # reconnect may land on any instance; so do the rate-limit counters, so that a
-    # limit holds across instances.
+    # reconnect may land on any instance; so do the rate-limit counters, the budgets'
+    # spending and the gate, so that a limit, a budget and a cap hold across instances.
     tickets: TicketStore
     rate_counters: Counters
     spend_counters: SpendCounters
     cache: ResponseCache
+    gate: Gate
 
     async def aclose(self) -> None:
+        await self.gate.aclose()
         await self.cluster.aclose()
         await self.log.aclose()
 
@@ -53,6 +56,7 @@ def _anthropic(settings: Settings) -> Provider:
 
 def _memory(settings: Settings) -> Store:
     from tokenrelay.admission.budgets import MemorySpend
+    from tokenrelay.admission.gate import MemoryGate
     from tokenrelay.admission.rate_limits import MemoryCounters
     from tokenrelay.auth.tickets import MemoryTickets
     from tokenrelay.streams.cache import MemoryCache
@@ -61,12 +65,14 @@ def _memory(settings: Settings) -> Store:
 
     log = MemoryLog(stream_ttl=settings.stream_ttl)
     cache = MemoryCache(settings.cache_max_bytes)
-    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend(), cache)
+    gate = MemoryGate(Caps.of(settings))
+    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend(), cache, gate)
 
 
 def _redis(settings: Settings) -> Store:
     from tokenrelay.admission.budgets import RedisSpend
     from tokenrelay.admission.rate_limits import RedisCounters
+    from tokenrelay.admission.redis_gate import RedisGate
     from tokenrelay.auth.tickets import RedisTickets
     from tokenrelay.streams.cache import RedisCache
     from tokenrelay.streams.redis import RedisLog
@@ -85,6 +91,7 @@ def _redis(settings: Settings) -> Store:
         RedisCounters(client),
         RedisSpend(client),
         RedisCache(client),
+        RedisGate(client, log.blocking_client, Caps.of(settings)),
     )
 
 

@@ -12,7 +12,9 @@ principals in turn (round-robin), so one principal's hundred waiting requests do
 stand in front of another's one; and no principal may hold more than `per_principal
 _queue` places, so one cannot fill the queue for everybody.
 
-The gate counts this instance's calls only; with several instances each has its own.
+Two implementations of one `Gate`: `MemoryGate` counts one process's calls;
+`RedisGate` (admission/redis_gate.py) holds the caps and the queue across every
+instance on one Redis, with the same order and the same positions.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from tokenrelay.config import Settings
 from tokenrelay.errors import Overloaded
+
+Report = Callable[[int], Awaitable[None]]
 
 
 class QueueFull(Overloaded):
@@ -49,13 +55,86 @@ class Caps:
     def principal_share(self) -> int:
         return self.per_principal_queue or max(1, (self.queue_size + 1) // 2)
 
+    @classmethod
+    def of(cls, settings: Settings) -> Caps:
+        return cls(
+            max_concurrent=settings.max_concurrent,
+            per_principal=settings.max_concurrent_per_principal,
+            queue_size=settings.queue_size,
+            queue_timeout=settings.queue_timeout,
+            per_principal_queue=settings.queue_per_principal,
+        )
 
-class Ticket:
-    """One request's place: running, or waiting at `position` (1 = next)."""
+    def full(self, waiting: int) -> QueueFull:
+        if waiting:
+            return QueueFull(
+                f"At capacity, and this caller already has {waiting} requests waiting",
+                retry_after=1,
+            )
+        return QueueFull("At capacity and the queue is full; retry shortly", retry_after=1)
 
+    def timed_out(self) -> QueueTimeout:
+        return QueueTimeout(
+            f"Waited {self.queue_timeout:g} s in the queue without capacity", retry_after=1
+        )
+
+
+class Ticket(Protocol):
+    """One request's place: running (`admitted`), or waiting at `position` (1 = next)."""
+
+    principal: str
+    admitted: bool
+    position: int
+
+    async def wait(self, report: Report) -> None:
+        """Until admitted, calling `report(position)` whenever the position changes;
+        QueueTimeout after the caps' `queue_timeout`. Cancelling leaves the queue."""
+        ...
+
+    def release(self) -> None:
+        """Give up the slot, or the place in the queue (idempotent)."""
+        ...
+
+
+class Gate(Protocol):
+    caps: Caps
+
+    @property
+    def queued(self) -> int:
+        """Requests of this instance waiting now."""
+        ...
+
+    async def enter(self, principal: str) -> Ticket | None:
+        """A ticket that runs now or waits; None when nothing is capped; QueueFull."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def wait_for_turn(ticket: Ticket, changed: asyncio.Event, caps: Caps, report: Report) -> None:
+    """The waiting both gates share: report each new position until admitted."""
+    reported = 0
+    try:
+        async with asyncio.timeout(caps.queue_timeout):
+            while not ticket.admitted:
+                if ticket.position != reported:
+                    reported = ticket.position
+                    await report(reported)
+                    continue
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        ticket.release()
+        raise caps.timed_out() from None
+    except BaseException:
+        ticket.release()
+        raise
+
+
+class MemoryTicket:
     __slots__ = ("_changed", "_gate", "admitted", "position", "principal", "released")
 
-    def __init__(self, gate: Gate, principal: str, admitted: bool) -> None:
+    def __init__(self, gate: MemoryGate, principal: str, admitted: bool) -> None:
         self._gate = gate
         self.principal = principal
         self.admitted = admitted
@@ -67,66 +146,41 @@ class Ticket:
         if self._changed is not None:
             self._changed.set()
 
-    async def wait(self, report: Callable[[int], Awaitable[None]]) -> None:
-        """Until admitted, calling `report(position)` whenever the position changes;
-        QueueTimeout after `queue_timeout`. Cancelling leaves the queue."""
-        if self.admitted:
-            return
-        changed = self._changed
-        assert changed is not None
-        reported = 0
-        try:
-            async with asyncio.timeout(self._gate.caps.queue_timeout):
-                while not self.admitted:
-                    if self.position != reported:
-                        reported = self.position
-                        await report(reported)
-                        continue
-                    changed.clear()
-                    await changed.wait()
-        except TimeoutError:
-            self.release()
-            raise QueueTimeout(
-                f"Waited {self._gate.caps.queue_timeout:g} s in the queue without capacity",
-                retry_after=1,
-            ) from None
-        except BaseException:
-            self.release()
-            raise
+    async def wait(self, report: Report) -> None:
+        if not self.admitted:
+            assert self._changed is not None
+            await wait_for_turn(self, self._changed, self._gate.caps, report)
 
     def release(self) -> None:
-        """Give up the slot, or the place in the queue (idempotent)."""
         if not self.released:
             self.released = True
             self._gate._release(self)
 
 
-class Gate:
+class MemoryGate:
+    """One process's gate. `enter` has no await: no two requests race for a place."""
+
     def __init__(self, caps: Caps) -> None:
         self.caps = caps
         self.running = 0
         self._running_by: dict[str, int] = {}
-        self._queues: dict[str, deque[Ticket]] = {}
+        self._queues: dict[str, deque[MemoryTicket]] = {}
         self._turns: deque[str] = deque()  # principals with waiting tickets, next first
         self.queued = 0
 
-    def enter(self, principal: str) -> Ticket | None:
-        """A ticket that runs now or waits; None when nothing is capped; QueueFull."""
+    async def enter(self, principal: str) -> MemoryTicket | None:
         caps = self.caps
         if not caps.capped:
             return None
         if not self.queued and self._has_room(principal):
             self._take(principal)
-            return Ticket(self, principal, admitted=True)
+            return MemoryTicket(self, principal, admitted=True)
         waiting = self._queues.get(principal)
         if self.queued >= caps.queue_size:
-            raise QueueFull("At capacity and the queue is full; retry shortly", retry_after=1)
+            raise caps.full(0)
         if waiting is not None and len(waiting) >= caps.principal_share:
-            raise QueueFull(
-                f"At capacity, and this caller already has {len(waiting)} requests waiting",
-                retry_after=1,
-            )
-        ticket = Ticket(self, principal, admitted=False)
+            raise caps.full(len(waiting))
+        ticket = MemoryTicket(self, principal, admitted=False)
         if waiting is None:
             waiting = self._queues[principal] = deque()
             self._turns.append(principal)
@@ -146,7 +200,10 @@ class Gate:
         self.running += 1
         self._running_by[principal] = self._running_by.get(principal, 0) + 1
 
-    def _release(self, ticket: Ticket) -> None:
+    async def aclose(self) -> None:
+        pass
+
+    def _release(self, ticket: MemoryTicket) -> None:
         principal = ticket.principal
         if ticket.admitted:
             self.running -= 1

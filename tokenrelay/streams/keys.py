@@ -19,6 +19,12 @@ tr:rate:{who}:{requests|tokens}:{minute}  a principal's use of a rate-limit wind
 tr:spend:{who}:{day|month}:{period}     micro-dollars granted to a principal's streams
 tr:cache:{hash}    a cached answer (its events as JSON), for the cache's TTL
 tr:cancel          pub/sub channel: stream ids to cancel, wherever they run
+tr:gate:*          the gate's places (admission/redis_gate.py): seq (ticket ids),
+                   run and queue (sorted sets: running tickets by lease expiry, waiting
+                   ones by round), alive (waiting tickets by lease expiry), who (ticket
+                   → principal), running_by / waiting_by (principal → count),
+                   last_round (principal → its last ticket's round), round (the round
+                   being served); changed: pub/sub, sent when a step admitted someone
 """
 
 from __future__ import annotations

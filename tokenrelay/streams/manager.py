@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from tokenrelay.admission.budgets import Meter
-from tokenrelay.admission.gate import Caps, Gate, Ticket
+from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
 from tokenrelay.observability import telemetry
@@ -141,7 +141,7 @@ class StreamManager:
         # What to tell when a stream's usage is known (e.g. the rate limiter's reservation).
         self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
-        self.gate = gate or Gate(Caps())
+        self.gate = gate or MemoryGate(Caps())
         self._cache = cache
         self._cache_policy = cache_policy or CachePolicy()
         self._cache_keys: dict[str, bytes] = {}  # streams whose answer may be kept
@@ -207,13 +207,14 @@ class StreamManager:
                     )
                 self._settle(on_end, 0)
                 return bound_id
-        ticket = self.gate.enter(principal or owner)
         if on_end is not None:
             self._on_end[stream_id] = on_end
         ready = None
-        if coalesce_key is not None:
+        if coalesce_key is not None:  # before any await: a twin arriving now joins this
             ready = self._coalescer.starting(coalesce_key, stream_id, owner)
+        ticket: Ticket | None = None
         try:
+            ticket = await self.gate.enter(principal or owner)
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
                                idempotency_key, ticket, meter, route)  # fmt: skip
         except BaseException as exc:

@@ -172,9 +172,10 @@ class RedisLog:
             url, max_connections=max_connections, timeout=5, socket_connect_timeout=2
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        # Two more: the XREAD BLOCK that follows remote streams, the cancel subscription.
+        # Three more: the XREAD BLOCK that follows remote streams, the cancel and the
+        # gate's subscriptions.
         follow_pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=2, timeout=5, socket_connect_timeout=2
+            url, max_connections=3, timeout=5, socket_connect_timeout=2
         )
         self.blocking_client = aioredis.Redis(connection_pool=follow_pool)
         self._writes = _WriteBatcher(self._redis)
