@@ -4,13 +4,14 @@
 
 UV := .tools/bin/uv
 PY_DEPS := .venv/.synced
+NODE_DEPS := tests/node/node_modules/.installed
 
 .PHONY: run test lint jstest pytest system-deps clean
 
 run: $(PY_DEPS)
 	$(UV) run --frozen tokenrelay serve
 
-test: $(PY_DEPS) system-deps lint jstest pytest
+test: $(PY_DEPS) system-deps $(NODE_DEPS) lint jstest pytest
 
 lint: $(PY_DEPS)
 	$(UV) run --frozen ruff check tokenrelay tests
@@ -32,6 +33,11 @@ $(PY_DEPS): $(UV) uv.lock pyproject.toml
 	$(UV) sync --frozen --quiet
 	touch $@
 
+# npm packages the tests run for real (Claude's TypeScript SDK, React), from the lock file.
+$(NODE_DEPS): tests/node/package-lock.json | system-deps
+	npm ci --prefix tests/node --no-audit --no-fund --silent
+	touch $@
+
 # Debian packages the test suite runs for real; installed only when missing.
 SYSTEM_PACKAGES := redis-server redis-tools nginx nodejs chromium postgresql prometheus
 system-deps:
@@ -42,4 +48,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache tests/node/node_modules
