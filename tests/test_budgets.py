@@ -5,12 +5,24 @@ token that would cross the budget, the upstream call stops, the next request is 
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from tests.support import Redis, assert_error, free_port, redis_server, run_stack, spawn, start
+from tests.support import (
+    Redis,
+    assert_error,
+    free_port,
+    redis_server,
+    resume,
+    run_stack,
+    spawn,
+    start,
+    unique,
+)
 from tests.support.auth import create_key
 from tests.support.clock import not_at_midnight
 from tests.support.streams import Read
@@ -90,13 +102,21 @@ async def test_a_stream_under_the_budget_completes_and_its_cost_is_counted(
 
 
 @contextlib.contextmanager
-def gateway_on(tmp: Path, redis: Redis, name: str) -> Iterator[str]:
+def instance_on(
+    tmp: Path, redis: Redis, name: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     args = ["serve", "--port", str(port), "--store", redis.url]
     env = {"TOKENRELAY_BUDGET_DAILY_USD": "0.00015", "TOKENRELAY_SIMULATOR_TTFT_MS": "0",
            "TOKENRELAY_SIMULATOR_TPS": "0", "TOKENRELAY_DATABASE_URL": "off"}  # fmt: skip
-    with spawn(args, f"http://127.0.0.1:{port}/readyz", env=env, log_path=tmp / name):
-        yield f"http://127.0.0.1:{port}"
+    with spawn(args, f"http://127.0.0.1:{port}/readyz", env=env, log_path=tmp / name) as proc:
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextlib.contextmanager
+def gateway_on(tmp: Path, redis: Redis, name: str) -> Iterator[str]:
+    with instance_on(tmp, redis, name) as (url, _):
+        yield url
 
 
 async def test_one_budget_across_instances_sharing_redis(tmp_path: Path) -> None:
@@ -122,6 +142,35 @@ async def test_one_budget_across_instances_sharing_redis(tmp_path: Path) -> None
             for client in (on_a, on_b):
                 refused = await client.post("/api/stream-response", json={"prompt": "x"})
                 assert_error(refused, 429, "rate_limit_error")
+
+
+async def test_a_stream_taken_over_from_a_dead_instance_still_keeps_to_the_budget(
+    tmp_path: Path,
+) -> None:
+    not_at_midnight()
+    prompt = unique("Outlive its instance [[sim:tokens=80]] [[sim:tps=20]]")
+    _, deltas = plan(prompt)
+    with (
+        redis_server(tmp_path / "redis") as redis,
+        instance_on(tmp_path, redis, "a.log") as (a, doomed),
+        gateway_on(tmp_path, redis, "b.log") as b,
+    ):
+        async with (
+            httpx.AsyncClient(base_url=a, timeout=30) as on_a,
+            httpx.AsyncClient(base_url=b, timeout=30) as on_b,
+        ):
+            begun = await start(on_a, {"prompt": prompt}, stop_after=6)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            # b takes the stream over; the dead instance had taken the whole budget for
+            # it (one grant), so what is left of the stream is cut at once, not finished.
+            rest = await resume(on_b, begun.last_id)
+    seen = tokens_of(begun) + tokens_of(rest)
+    assert seen == deltas[: len(seen)] and 5 <= len(seen) < len(deltas)
+    assert rest.events[-1].data["code"] == "budget_exceeded"
+    assert rest.events[-1].data["error"] == (
+        "Budget exceeded: the daily budget of $0.00015 is spent"
+    )
 
 
 async def test_a_key_of_its_own_budget_is_cut_at_it_and_others_are_not(tmp_path: Path) -> None:

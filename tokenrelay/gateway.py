@@ -170,6 +170,11 @@ async def open_gateway(
         ledger = usage if isinstance(usage, Ledger) else None
         if ledger is not None:
             await ledger.open()
+        budgets = Budgets(
+            store.spend_counters,
+            *budgets_of(settings),
+            extra_overrides=key_budgets_of(prepared.authenticator, settings),
+        )
         manager = StreamManager(
             log=store.log,
             cluster=store.cluster,
@@ -188,6 +193,7 @@ async def open_gateway(
                 ttl=settings.cache_ttl, scope=settings.cache_scope, sampled=settings.cache_sampled
             ),
             tracing=tracing,
+            budgets=budgets,
         )
         stack.push_async_callback(manager.aclose)
         await manager.open()
@@ -206,11 +212,7 @@ async def open_gateway(
                 *rate_limits_of(settings),
                 extra_overrides=key_limits_of(prepared.authenticator, settings),
             ),
-            Budgets(
-                store.spend_counters,
-                *budgets_of(settings),
-                extra_overrides=key_budgets_of(prepared.authenticator, settings),
-            ),
+            budgets,
             ledger=ledger,
             ops=ops,
             tracing=tracing,

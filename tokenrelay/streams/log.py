@@ -73,6 +73,9 @@ class StreamMeta:
     idempotency_key: str | None = None
     # What was asked, so that another process can take the stream over.
     request: GenerationRequest | None = None
+    # Whom its limits and budget count against, when not its owner (without
+    # authentication, the client's address): a takeover meters it against the same.
+    principal: str = ""
 
 
 class StreamLog(Protocol):

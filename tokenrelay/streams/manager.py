@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from tokenrelay.admission.budgets import Meter
+from tokenrelay.admission.budgets import Budgets, Meter
 from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
 from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
@@ -123,6 +124,7 @@ class StreamManager:
         gate: Gate | None = None,
         cache: ResponseCache | None = None,
         cache_policy: CachePolicy | None = None,
+        budgets: Budgets | None = None,
         tracing: Tracing = OFF,
     ) -> None:
         self.log = log
@@ -142,6 +144,8 @@ class StreamManager:
         self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
         self.gate = gate or MemoryGate(Caps())
+        # For the streams this instance takes over: their budgets still hold.
+        self._budgets = budgets
         self._cache = cache
         self._cache_policy = cache_policy or CachePolicy()
         self._cache_keys: dict[str, bytes] = {}  # streams whose answer may be kept
@@ -216,7 +220,8 @@ class StreamManager:
         try:
             ticket = await self.gate.enter(principal or owner)
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
-                               idempotency_key, ticket, meter, route)  # fmt: skip
+                               idempotency_key, ticket, meter, route,
+                               principal or owner)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
             if ticket is not None:
@@ -288,6 +293,7 @@ class StreamManager:
         ticket: Ticket | None,
         meter: Meter | None,
         route: str,
+        principal: str,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -298,6 +304,7 @@ class StreamManager:
             created_at=time.time(),
             idempotency_key=idempotency_key,
             request=request,
+            principal=principal if principal != owner else "",
         )
         # The lease first: a stream that is running without one is an orphan that any
         # instance's takeover scan would adopt.
@@ -315,6 +322,7 @@ class StreamManager:
         ticket: Ticket | None = None,
         meter: Meter | None = None,
         route: str = "api",
+        budget_check: Callable[[], Awaitable[Meter | None]] | None = None,
     ) -> None:
         stream_id = meta.stream_id
         producer = Producer(
@@ -327,6 +335,7 @@ class StreamManager:
             answer=answer,
             ticket=ticket,
             meter=meter,
+            budget_check=budget_check,
             route=route,
             trace=self.tracing.stream(stream_id, request.model, takeover=answer is not None),
         )
@@ -410,7 +419,11 @@ class StreamManager:
             events=len(entries), chars=len(answer.text),
         )  # fmt: skip
         telemetry.taken_over()
-        self._spawn(meta, meta.request, answer)
+        budgets = self._budgets
+        check = None
+        if budgets is not None:  # its remainder is metered again, against the same budget
+            check = functools.partial(budgets.check, meta.principal or meta.owner)
+        self._spawn(meta, meta.request, answer, budget_check=check)
 
     async def stop_for_handover(self) -> list[str]:
         handed = list(self._producers)

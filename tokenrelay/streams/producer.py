@@ -23,11 +23,11 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from tokenrelay import events
-from tokenrelay.admission.budgets import Meter
+from tokenrelay.admission.budgets import BudgetExceeded, Meter
 from tokenrelay.admission.gate import QueueTimeout, Ticket
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.observability import telemetry
@@ -133,6 +133,7 @@ class Producer:
         answer: Answer | None = None,
         ticket: Ticket | None = None,
         meter: Meter | None = None,
+        budget_check: Callable[[], Awaitable[Meter | None]] | None = None,
         route: str = "api",
         trace: StreamTrace = NO_STREAM,
     ) -> None:
@@ -141,6 +142,8 @@ class Producer:
         self.trace = trace
         # The stream's spending against its principal's budget, checked per token.
         self.meter = meter
+        # Or how to get one, for a stream taken over: its budget may be spent by now.
+        self._budget_check = budget_check
         # Its place at the gate: the producer waits for a slot, and gives it back.
         self._ticket = ticket
         self.request = request
@@ -183,6 +186,12 @@ class Producer:
     async def run(self) -> None:
         lost: str | None = None  # why this instance stopped without ending the stream
         try:
+            if self._budget_check is not None:
+                try:
+                    self.meter = await self._budget_check()
+                except BudgetExceeded as exc:
+                    await self._finish_error(exc.message, exc.code, False)
+                    return
             if self._ticket is not None:
                 with self.trace.queue_wait(self._ticket.position):
                     await self._ticket.wait(self._queued)

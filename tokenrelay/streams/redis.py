@@ -69,6 +69,7 @@ def _meta_fields(meta: StreamMeta) -> dict[str, str | bytes]:
         "fingerprint": meta.fingerprint,
         "created_at": repr(meta.created_at),
         "idempotency_key": meta.idempotency_key or "",
+        "principal": meta.principal,
         "request": orjson.dumps(dataclasses.asdict(request)) if request else b"",
     }
 
@@ -84,6 +85,7 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         created_at=float(h[b"created_at"]),
         idempotency_key=h[b"idempotency_key"].decode() or None,
         request=_request_from(request) if request else None,
+        principal=h.get(b"principal", b"").decode(),
     )
 
 
