@@ -19,6 +19,7 @@ from tokenrelay.events import (
     Start,
     Text,
     Thinking,
+    ThinkingSignature,
     ToolInput,
     ToolUse,
     ToolUseStart,
@@ -154,6 +155,7 @@ EVERY_KIND = [
     ToolInput('{"city": "Pa'),
     ToolUse("toolu_1", "weather", {"city": "Paris", "days": [1, 2]}),
     Thinking("hmm"),
+    ThinkingSignature("EqQBCkYIBRgC"),
     Reset(),
     Failed("Overloaded", "overloaded", True, {"input_tokens": 3, "output_tokens": 2}, 0.5),
 ]

@@ -19,6 +19,7 @@ from tokenrelay.events import (
     Start,
     Text,
     Thinking,
+    ThinkingSignature,
     ToolInput,
     ToolUse,
     ToolUseStart,
@@ -64,6 +65,9 @@ USAGE = {"input_tokens": 12, "output_tokens": 230}
             b'{"tool_use":{"id":"toolu_1","name":"weather","input":{"city":"Paris"}}}',
         ),
         (Thinking("hmm"), b'{"thinking":"hmm"}'),
+        (Thinking('a "quote"\n'), b'{"thinking":"a \\"quote\\"\\n"}'),
+        (ThinkingSignature("EqQBCkYIBRgC"), b'{"thinking_signature":"EqQBCkYIBRgC"}'),
+        (ToolInput(""), b'{"tool_input":""}'),
         (Reset(), b'{"reset":true,"reason":"upstream_error"}'),
         (
             Done("end_turn", USAGE, 0.0035),

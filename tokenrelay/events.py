@@ -12,6 +12,8 @@ by; a text delta, the one event per token, is a plain `str`.
     ToolInput     a fragment of the block's input JSON, as generated
     ToolUse       the complete tool_use block (it closes)
     Thinking      an extended-thinking delta
+    ThinkingSignature  the thinking block's signature (it closes): a client sends it
+                  back with the block in a later turn, as Claude requires
     Reset         the answer restarts: discard the text so far
     Done          terminal: the answer is complete (usage and cost)
     Failed        terminal: the stream ended in an error (usage and cost so far)
@@ -75,6 +77,12 @@ class Thinking:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingSignature:
+    kind: ClassVar[str] = "thinking_signature"
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     kind: ClassVar[str] = "reset"
     reason: str = "upstream_error"
@@ -100,12 +108,33 @@ class Failed:
 
 
 Event = (
-    Start | Queued | Text | ToolUseStart | ToolInput | ToolUse | Thinking | Reset | Done | Failed
+    Start
+    | Queued
+    | Text
+    | ToolUseStart
+    | ToolInput
+    | ToolUse
+    | Thinking
+    | ThinkingSignature
+    | Reset
+    | Done
+    | Failed
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Start, Queued, ToolUseStart, ToolInput, ToolUse, Thinking, Reset, Done, Failed)
+    for cls in (
+        Start,
+        Queued,
+        ToolUseStart,
+        ToolInput,
+        ToolUse,
+        Thinking,
+        ThinkingSignature,
+        Reset,
+        Done,
+        Failed,
+    )
 }
 TERMINAL_TYPES: frozenset[type[Event]] = frozenset({Done, Failed})
 

@@ -8,12 +8,14 @@ both providers must stream exactly what it planned, and break exactly where it s
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete
+from tokenrelay.events import Thinking, ThinkingSignature, ToolInput, ToolUseStart
 from tokenrelay.providers.base import (
     Delta,
     GenerationRequest,
@@ -308,26 +310,44 @@ async def test_prefill_on_a_model_that_rejects_it_is_a_400_naming_prefill(
 # -- tool use ---------------------------------------------------------------------------
 
 
-async def test_tool_directive_streams_text_then_one_tool_use_then_stop_reason_tool_use(
+def tool_deltas(plan: Plan) -> list[Delta]:
+    """The tool_use block as a provider streams it: its start, each input fragment as
+    generated, then the whole block with its parsed input."""
+    assert plan.tool is not None
+    tool = plan.tool
+    return [
+        ToolUseStart(tool.id, tool.name),
+        *(ToolInput(f) for f in tool.json_fragments()),
+        ToolUse(tool.id, tool.name, tool.input),
+    ]
+
+
+async def test_tool_directive_streams_text_then_the_tool_block_forming_then_tool_use(
     provider: Provider,
 ) -> None:
     request = ask("Weather in Paris? [[sim:tool=weather]]")
     result = await run(provider, request)
     plan = planned(request)
     assert plan.tool is not None and plan.tool.id.startswith("toolu_")
+    fragments = plan.tool.json_fragments()
+    assert len(fragments) >= 3  # cut inside the key and inside the string, as Claude does
+    assert json.loads("".join(fragments)) == plan.tool.input
     assert result.error is None
     assert result.deltas == [
         start_of(request),
         *plan.deltas,
-        ToolUse(plan.tool.id, "weather", plan.tool.input),
-        MessageEnd("tool_use", 5 + 3),  # five text deltas and three input fragments
+        *tool_deltas(plan),
+        MessageEnd("tool_use", 5 + len(fragments)),  # five text deltas, then the input's
     ]
     assert len(result.texts) == 5
 
 
-# A fault after 5 deltas lands just after the tool block opened, after 6 or 7 inside its
-# input, after 8 past its last fragment: each time inside the tool_use block.
-@pytest.mark.parametrize("after", [5, 6, 8])
+TOOL_FRAGMENTS = len(planned(ask("Weather? [[sim:tool=weather]]")).tool.json_fragments())  # type: ignore[union-attr]
+
+
+# A fault after 5 deltas lands just after the tool block opened, after 6 inside its
+# input, after 5 + all its fragments past the last one: each time inside the block.
+@pytest.mark.parametrize("after", [5, 6, 5 + TOOL_FRAGMENTS])
 @pytest.mark.parametrize(
     ("fault", "error_type"),
     [
@@ -341,7 +361,9 @@ async def test_a_cut_inside_the_tool_block_is_reported_as_a_cut_tool_use(
 ) -> None:
     request = ask(f"Weather? [[sim:tool=weather]] [[sim:{fault}={after}]]")
     result = await run(provider, request)
-    assert result.deltas == [start_of(request), *planned(request).deltas]
+    plan = planned(request)
+    # Everything up to the cut, the block's opening and its fragments so far included.
+    assert result.deltas == [start_of(request), *plan.deltas, *tool_deltas(plan)[: after - 4]]
     assert len(result.texts) == 5
     assert result.failure == ("UpstreamIncomplete", 502, error_type, True, None, "tool_use")
 
@@ -355,6 +377,44 @@ async def test_a_cut_in_the_text_before_a_tool_block_is_a_cut_in_text(
     assert result.failure == CUT_IN_TEXT
 
 
+# -- thinking ---------------------------------------------------------------------------
+
+
+def think(prompt: str, *, budget: int = 2048, max_tokens: int = 4096) -> GenerationRequest:
+    request = ask(prompt, max_tokens=max_tokens)
+    request.thinking = {"type": "enabled", "budget_tokens": budget}
+    return request
+
+
+async def test_thinking_streams_its_deltas_and_signature_before_the_text(
+    provider: Provider,
+) -> None:
+    request = think("Why is the sky blue?")
+    result = await run(provider, request)
+    plan = planned(request)
+    assert plan.thinking is not None and len(plan.thinking) == 8
+    assert plan.deltas == planned(ask("Why is the sky blue?")).deltas  # the same text
+    assert result.error is None
+    assert result.deltas == [
+        start_of(request),
+        *(Thinking(t) for t in plan.thinking),
+        ThinkingSignature(plan.signature),
+        *plan.deltas,
+        MessageEnd("end_turn", 8 + 50),  # thinking tokens are output tokens
+    ]
+
+
+async def test_a_cut_inside_the_thinking_block_is_reported_as_a_cut_thinking_block(
+    provider: Provider,
+) -> None:
+    request = think("Think and break [[sim:drop_after=3]]")
+    result = await run(provider, request)
+    plan = planned(request)
+    assert plan.thinking is not None
+    assert result.deltas == [start_of(request), *(Thinking(t) for t in plan.thinking[:3])]
+    assert result.failure == ("UpstreamIncomplete", 502, "api_error", True, None, "thinking")
+
+
 # -- both at once -----------------------------------------------------------------------
 
 SAME_EITHER_WAY = [
@@ -364,6 +424,8 @@ SAME_EITHER_WAY = [
     ask("Tool [[sim:tool=lookup]] [[sim:tokens=12]]"),
     ask("Error [[sim:error_after=2]]"),
     ask("Drop [[sim:drop_after=7]] [[sim:tool=lookup]]"),
+    think("Think it over [[sim:tokens=6]]"),
+    think("Think, then a tool [[sim:tool=lookup]] [[sim:error_after=10]]"),
     ask("Refused [[sim:status=529]]"),
     ask("Hi", model="claude-sonnet-4-6", prefill="Sure"),
 ]

@@ -25,7 +25,17 @@ import pytest
 
 from tests.support import unique
 from tokenrelay.errors import IdempotencyConflict, StreamNotFound, UpstreamError
-from tokenrelay.events import Done, Event, Failed, Reset, Start, Text, ToolUse
+from tokenrelay.events import (
+    Done,
+    Event,
+    Failed,
+    Reset,
+    Start,
+    Text,
+    ToolInput,
+    ToolUse,
+    ToolUseStart,
+)
 from tokenrelay.pricing import DEFAULT_MODELS, ModelTable
 from tokenrelay.providers.base import GenerationRequest, MessageEnd, Provider, Usage
 from tokenrelay.providers.simulator import request_body
@@ -190,14 +200,19 @@ async def test_clean_tool_answer_ends_with_the_tool_use_block_and_stop_reason_to
 ) -> None:
     prompt, want = expect("Weather in Paris? [[sim:tool=weather]]")
     assert want.tool is not None
+    tool = want.tool
     _, log = await run(stream_manager, prompt)
     assert log.texts == want.deltas and len(log.texts) == 5
-    usage = {"input_tokens": want.input_tokens, "output_tokens": 5 + 3}  # 3 input fragments
-    assert log.events[-2:] == [
-        ToolUse(want.tool.id, "weather", want.tool.input),
-        Done("tool_use", usage, cost(MODEL, want.input_tokens, 8)),
+    fragments = tool.json_fragments()
+    usage = {"input_tokens": want.input_tokens, "output_tokens": 5 + len(fragments)}
+    # The block as it forms (its opening, its input as generated), then whole.
+    assert log.events[1 + 5 :] == [
+        ToolUseStart(tool.id, "weather"),
+        *(ToolInput(f) for f in fragments),
+        ToolUse(tool.id, "weather", tool.input),
+        Done("tool_use", usage, cost(MODEL, want.input_tokens, 5 + len(fragments))),
     ]
-    assert len(log.entries) == 1 + 5 + 2
+    assert len(log.entries) == 1 + 5 + 1 + len(fragments) + 2
 
 
 # -- failures before the first token --------------------------------------------------
@@ -331,15 +346,19 @@ async def test_a_cut_inside_a_tool_use_block_ends_with_an_incomplete_block_error
     words = f"{unique('Weather?')} [[sim:tool=weather]]"
     prompt, want = expect(words, "[[sim:drop_after=6]] [[sim:fail_times=1]]")
     _, log = await run(stream_manager, prompt)
+    assert want.tool is not None
     assert log.texts == want.deltas and len(log.texts) == 5
-    assert len(log.entries) == 1 + 5 + 1
-    usage = {"input_tokens": want.input_tokens, "output_tokens": 5}
+    # The block had opened and one fragment of its input had come.
+    first = want.tool.json_fragments()[0]
+    assert log.events[1 + 5 : -1] == [ToolUseStart(want.tool.id, "weather"), ToolInput(first)]
+    # Estimated from what was seen: five text deltas, the block's opening, one fragment.
+    usage = {"input_tokens": want.input_tokens, "output_tokens": 7}
     assert log.end == Failed(
         "Upstream stream was cut inside a tool_use block, which cannot be continued",
         "incomplete_block",
         False,
         usage,
-        cost(MODEL, want.input_tokens, 5),
+        cost(MODEL, want.input_tokens, 7),
     )
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from tokenrelay.config import Settings
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
+from tokenrelay.events import Thinking, ThinkingSignature, ToolInput, ToolUseStart
 from tokenrelay.observability.tracing import upstream_headers
 from tokenrelay.providers.base import (
     Delta,
@@ -88,10 +89,17 @@ class _BlockState:
         kind = event["type"]
         if kind == "content_block_delta":
             delta = event["delta"]
-            if delta["type"] == "text_delta":
+            of = delta["type"]
+            if of == "text_delta":
                 return cast(str, delta["text"])
-            if delta["type"] == "input_json_delta":
-                self.tool_json.append(delta["partial_json"])
+            if of == "input_json_delta":
+                fragment: str = delta["partial_json"]
+                self.tool_json.append(fragment)
+                return ToolInput(fragment)
+            if of == "thinking_delta":
+                return Thinking(delta["thinking"])
+            if of == "signature_delta":
+                return ThinkingSignature(delta["signature"])
         elif kind == "message_start":
             message = event["message"]
             usage = message.get("usage") or {}
@@ -108,6 +116,7 @@ class _BlockState:
             self.open_block = block["type"]
             if block["type"] == "tool_use":
                 self.tool, self.tool_json = (block["id"], block["name"]), []
+                return ToolUseStart(block["id"], block["name"])
         elif kind == "content_block_stop":
             self.open_block = None
             if self.tool is not None:
@@ -174,7 +183,7 @@ class AnthropicProvider:
             "max_tokens": request.max_tokens,
             "stream": True,
         }
-        for name in ("system", "stop_sequences", "tools", "metadata"):
+        for name in ("system", "stop_sequences", "tools", "tool_choice", "metadata", "thinking"):
             value = getattr(request, name)
             if value is not None:
                 params[name] = value

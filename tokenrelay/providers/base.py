@@ -5,8 +5,14 @@ accounting live in the producer, so every provider gets them the same way.
 
 The stream yields, in order:
   - `MessageStart` once (input usage),
-  - any number of `str` (a text delta; plain `str` keeps the per-token path free of
-    wrapper objects) and `ToolUse` (a complete tool_use block),
+  - the content blocks, each as its deltas in order:
+      text      `str` deltas (plain `str` keeps the per-token path free of wrapper
+                objects);
+      thinking  `Thinking` deltas, then one `ThinkingSignature`;
+      tool_use  `ToolUseStart`, `ToolInput` fragments of its input JSON as generated,
+                then `ToolUse`, the complete block with its parsed input;
+    the thinking and tool deltas are the log's own events (`tokenrelay.events`), so
+    the producer appends them as they come;
   - `MessageEnd` once, only when the upstream sent `message_stop`.
 A provider raises `UpstreamError` for a failure before the stream starts and
 `UpstreamIncomplete` when a started stream ends without `message_stop`.
@@ -17,6 +23,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from tokenrelay.events import Thinking, ThinkingSignature, ToolInput, ToolUseStart
 
 
 @dataclass(slots=True)
@@ -60,7 +68,16 @@ class MessageEnd:
     output_tokens: int
 
 
-Delta = str | MessageStart | ToolUse | MessageEnd
+Delta = (
+    str
+    | MessageStart
+    | Thinking
+    | ThinkingSignature
+    | ToolUseStart
+    | ToolInput
+    | ToolUse
+    | MessageEnd
+)
 
 
 @dataclass(slots=True)
@@ -75,6 +92,8 @@ class GenerationRequest:
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None  # e.g. {"type": "enabled", "budget_tokens": N}
 
 
 class Provider(Protocol):

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
+from tokenrelay.events import Thinking, ThinkingSignature, ToolInput, ToolUseStart
 from tokenrelay.observability.tracing import upstream_headers
 from tokenrelay.providers.base import (
     Delta,
@@ -55,18 +56,26 @@ class SimulatorProvider:
             ) from None
         start = time.monotonic()
         yield MessageStart(plan.model, Usage(input_tokens=plan.input_tokens))
-        for i, text in enumerate(plan.deltas):
-            _raise_fault(plan, i, None)
-            delay = start + plan.delay_before(i) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        sent = 0  # deltas of every block, as the server counts them for faults and pace
+        if plan.thinking is not None:
+            for thinking in plan.thinking:
+                _raise_fault(plan, sent, "thinking")
+                await _pace(start + plan.delay_before(sent))
+                yield Thinking(thinking)
+                sent += 1
+            yield ThinkingSignature(plan.signature)
+        for text in plan.deltas:
+            _raise_fault(plan, sent, None)
+            await _pace(start + plan.delay_before(sent))
             yield text
-        sent = len(plan.deltas)
+            sent += 1
         if plan.tool is not None:
-            # The tool input's fragments are deltas too, as the server streams them, but
-            # the block is yielded only whole, as the anthropic provider does at its stop.
-            for _ in plan.tool.json_fragments():
+            tool = plan.tool
+            yield ToolUseStart(tool.id, tool.name)
+            for fragment in tool.json_fragments():
                 _raise_fault(plan, sent, "tool_use")
+                await _pace(start + plan.delay_before(sent))
+                yield ToolInput(fragment)
                 sent += 1
         _raise_fault(plan, sent, None if plan.tool is None else "tool_use")
         if plan.tool is not None:
@@ -75,6 +84,12 @@ class SimulatorProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _pace(due: float) -> None:
+    delay = due - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def _raise_fault(plan: Plan, sent: int, block: str | None) -> None:

@@ -5,12 +5,20 @@ text is derived from a hash of (model, system, messages) with directives removed
 a prompt with fault directives yields exactly the text of the same prompt without
 them. A final assistant turn that is a prefix of that text is a prefill: the answer
 is exactly the rest.
+
+An answer is made of blocks, streamed in this order: thinking (when the request
+enables it, or `[[sim:thinking=N]]` asks), text, and a tool_use block for
+`[[sim:tool=NAME]]`, unless the last user turn hands back tool results: then the
+answer is text. Like Claude, a thinking block ends with a signature, which the
+simulator checks when a later request sends the block back.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
+import json
 import random
 import re
 from collections import OrderedDict
@@ -25,9 +33,12 @@ from tokenrelay.pricing import ModelTable
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 INT_DIRECTIVES = frozenset(
     {"tokens", "ttft_ms", "status", "error_after", "drop_after", "stall_after", "fail_times"}
-    | {"echo"}
+    | {"echo", "thinking"}
 )
 DEFAULT_TOKENS = 50
+DEFAULT_THINKING_DELTAS = 8  # each of a few words, as Claude's thinking deltas are
+THINKING_TYPES = frozenset({"enabled", "adaptive", "between_tools"})
+MIN_THINKING_BUDGET = 1024
 PREFILL_REJECTED = (
     "This model does not support assistant message prefill. "
     "The conversation must end with a user message."
@@ -76,10 +87,23 @@ class ToolBlock:
     input: dict[str, Any]
 
     def json_fragments(self) -> list[str]:
-        """The input JSON cut in pieces, as Claude streams it."""
-        text = orjson.dumps(self.input).decode()
-        third = max(1, len(text) // 3)
-        return [text[:third], text[third : 2 * third], text[2 * third :]]
+        """The input JSON cut in pieces of 3 to 10 characters, as Claude streams it: a
+        piece ends anywhere, inside a key or a string as often as not."""
+        text = json.dumps(self.input)
+        rng = random.Random(self.id)
+        fragments: list[str] = []
+        at = 0
+        while at < len(text):
+            step = rng.randint(3, 10)
+            fragments.append(text[at : at + step])
+            at += step
+        return fragments
+
+
+def signature_of(thinking: str) -> str:
+    """The signature of a thinking block's text: opaque base64, as Claude's is."""
+    digest = hashlib.sha256(b"tokenrelay-sim-thinking\x00" + thinking.encode()).digest()
+    return base64.b64encode(b"\x12" + digest + hashlib.sha256(digest).digest()).decode()
 
 
 @dataclass(slots=True)
@@ -94,6 +118,7 @@ class Plan:
     ttft_s: float
     tps: float
     tool: ToolBlock | None = None
+    thinking: list[str] | None = None  # the thinking block's deltas, when there is one
     error_after: int | None = None  # send an overloaded_error event after N deltas
     drop_after: int | None = None  # cut the connection after N deltas
     stall_after: int | None = None  # fall silent (no event, no ping) after N deltas
@@ -102,11 +127,26 @@ class Plan:
     def text(self) -> str:
         return "".join(self.deltas)
 
+    @property
+    def thinking_text(self) -> str:
+        return "".join(self.thinking or ())
+
+    @property
+    def signature(self) -> str:
+        return signature_of(self.thinking_text)
+
+    @property
+    def output_tokens(self) -> int:
+        """One per delta: thinking, text and tool input alike."""
+        fragments = len(self.tool.json_fragments()) if self.tool else 0
+        return len(self.thinking or ()) + len(self.deltas) + fragments
+
     def fault_at(self, sent: int) -> Fault | None:
         """The fault due once `sent` deltas have gone out, before the next one or, after
-        the last, before the answer's end. Deltas count text and tool input fragments
-        alike, so a cut can land inside a tool_use block. Runners ask before every delta
-        and once at the end, and each turns the answer into its own effect."""
+        the last, before the answer's end. Deltas count thinking, text and tool input
+        fragments alike, in the order they stream, so a cut can land inside a thinking
+        or tool_use block. Runners ask before every delta and once at the end, and each
+        turns the answer into its own effect."""
         if self.error_after == sent:
             return Fault.ERROR
         if self.drop_after == sent:
@@ -130,6 +170,71 @@ def _text_of(content: Any) -> str:
             b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
         )
     return ""
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _turn_text(content: Any) -> str:
+    """What a turn says, for deriving the answer: its text, and its tool calls and
+    results, so that another result gets another answer."""
+    parts = [_text_of(content)]
+    for block in _blocks(content):
+        if block.get("type") == "tool_use":
+            parts.append(f"[{block.get('name')} {orjson.dumps(block.get('input')).decode()}]")
+        elif block.get("type") == "tool_result":
+            result = block.get("content")
+            parts.append(f"[result {_text_of(result) if isinstance(result, list) else result}]")
+    return " ".join(p for p in parts if p)
+
+
+def _hands_back_results(messages: list[dict[str, Any]]) -> bool:
+    last = messages[-1] if messages else None
+    return last is not None and any(
+        b.get("type") == "tool_result" for b in _blocks(last.get("content"))
+    )
+
+
+def _thinking_deltas(body: dict[str, Any], directives: dict[str, Any], max_tokens: int) -> int:
+    """How many thinking deltas the answer opens with (0: no thinking block); raises
+    SimError for a thinking config Claude would refuse."""
+    config = body.get("thinking")
+    if config is None or (isinstance(config, dict) and config.get("type") == "disabled"):
+        return int(directives.get("thinking", 0))
+    if not isinstance(config, dict) or config.get("type") not in THINKING_TYPES:
+        raise SimError(400, "thinking: Input tag does not match any of the expected tags")
+    if config["type"] == "enabled":
+        budget = config.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise SimError(400, "thinking.enabled.budget_tokens: Field required")
+        if budget < MIN_THINKING_BUDGET:
+            raise SimError(
+                400, f"thinking.enabled.budget_tokens: Input should be >= {MIN_THINKING_BUDGET}"
+            )
+        if budget >= max_tokens:
+            raise SimError(400, "`max_tokens` must be greater than `thinking.budget_tokens`")
+    return int(directives.get("thinking", DEFAULT_THINKING_DELTAS))
+
+
+def _check_signatures(messages: list[dict[str, Any]]) -> None:
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        for j, block in enumerate(_blocks(message.get("content"))):
+            if block.get("type") != "thinking":
+                continue
+            thinking, signature = block.get("thinking"), block.get("signature")
+            if not isinstance(thinking, str) or signature != signature_of(thinking):
+                raise SimError(
+                    400, f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                )
+
+
+def thinking_deltas(key: bytes, count: int) -> list[str]:
+    """`count` deltas of thinking, each a few words, as Claude's are."""
+    words = derive_deltas(key + b"\x00thinking", count * 4)
+    return ["".join(words[i : i + 4]) for i in range(0, len(words), 4)]
 
 
 def _clean(text: str) -> str:
@@ -185,11 +290,13 @@ class Simulator:
                     400, "messages: final assistant content cannot end with trailing whitespace"
                 )
             messages = messages[:-1]
+        think = _thinking_deltas(body, directives, max_tokens)
+        _check_signatures(messages)
         canonical: dict[str, Any] = {
             "model": model,
             "system": _clean(_text_of(body.get("system"))),
             "messages": [
-                {"role": m.get("role"), "content": _clean(_text_of(m.get("content")))}
+                {"role": m.get("role"), "content": _clean(_turn_text(m.get("content")))}
                 for m in messages
             ],
         }
@@ -210,7 +317,7 @@ class Simulator:
             # A chosen answer (e.g. markup, to test that clients show it as text).
             deltas = echo_deltas(last["content"])
         tool = None
-        if isinstance(tool_name, str) and tool_name:
+        if isinstance(tool_name, str) and tool_name and not _hands_back_results(messages):
             deltas = deltas[:5]
             query = "".join(derive_deltas(key + b"tool", 4)).strip(".").lower()
             tool_id = "toolu_" + hashlib.sha256(key).hexdigest()[:24]
@@ -219,8 +326,10 @@ class Simulator:
             rest = _rest_after(deltas, prefill)
             deltas = rest if rest is not None else derive_deltas(key + prefill.encode(), count)
         stop_reason = "tool_use" if tool else "end_turn"
-        if len(deltas) > max_tokens:
-            deltas, stop_reason, tool = deltas[:max_tokens], "max_tokens", None
+        thinking = thinking_deltas(key, think)[:max_tokens] if think else None
+        room = max_tokens - len(thinking or ())
+        if len(deltas) > room:
+            deltas, stop_reason, tool = deltas[:room], "max_tokens", None
         prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages)
         return Plan(
             model=model,
@@ -231,6 +340,7 @@ class Simulator:
             ttft_s=directives.get("ttft_ms", self.ttft_ms) / 1000,
             tps=float(directives.get("tps", self.tps)),
             tool=tool,
+            thinking=thinking,
             error_after=directives.get("error_after") if faulty else None,
             drop_after=directives.get("drop_after") if faulty else None,
             stall_after=directives.get("stall_after") if faulty else None,

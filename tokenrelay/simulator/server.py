@@ -123,6 +123,9 @@ class SimulatorApp:
         if plan.ttft_s:
             await asyncio.sleep(plan.ttft_s)
         content: list[dict[str, Any]] = [{"type": "text", "text": plan.text}]
+        if plan.thinking is not None:
+            thinking = {"type": "thinking", "thinking": plan.thinking_text}
+            content.insert(0, {**thinking, "signature": plan.signature})
         if plan.tool:
             content.append(
                 {
@@ -135,7 +138,7 @@ class SimulatorApp:
         message = {
             "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
             "content": content, "stop_reason": plan.stop_reason, "stop_sequence": None,
-            "usage": {"input_tokens": plan.input_tokens, "output_tokens": len(plan.deltas)},
+            "usage": {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens},
         }  # fmt: skip
         self.stats.completed += 1
         await _json(send, 200, orjson.dumps(message), request_id)
@@ -200,50 +203,74 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         "usage": {"input_tokens": plan.input_tokens, "output_tokens": 1},
     }  # fmt: skip
     yield _frame("message_start", {"type": "message_start", "message": message})
-    yield _frame(
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    )
-    yield _frame("ping", {"type": "ping"})
-    sent = 0
-    for i, text in enumerate(plan.deltas):
+    index = 0  # of the block streaming
+    sent = 0  # deltas so far, of every block (what faults and pacing count)
+    if plan.thinking is not None:
+        block: dict[str, Any] = {"type": "thinking", "thinking": "", "signature": ""}
+        yield _block_start(index, block)
+        yield _frame("ping", {"type": "ping"})
+        for thinking in plan.thinking:
+            if (fault := plan.fault_at(sent)) is not None:
+                yield _fault_frame(fault)
+                return
+            if (due := start + plan.delay_before(sent)) > time.monotonic():
+                yield due
+            yield _delta(index, {"type": "thinking_delta", "thinking": thinking})
+            sent += 1
+        # The signature is the block's last delta, not a generated token.
+        yield _delta(index, {"type": "signature_delta", "signature": plan.signature})
+        yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
+        index += 1
+    yield _block_start(index, {"type": "text", "text": ""})
+    if index == 0:
+        yield _frame("ping", {"type": "ping"})
+    text_delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,' \
+                 b'"delta":{"type":"text_delta","text":' % index  # fmt: skip
+    for text in plan.deltas:
         if (fault := plan.fault_at(sent)) is not None:
             yield _fault_frame(fault)
             return
-        due = start + plan.delay_before(i)
-        if due > time.monotonic():
+        if (due := start + plan.delay_before(sent)) > time.monotonic():
             yield due
-        yield b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
-              b'"delta":{"type":"text_delta","text":%b}}\n\n' % orjson.dumps(text)  # fmt: skip
+        yield b"%b%b}}\n\n" % (text_delta, orjson.dumps(text))
         sent += 1
     if plan.tool is not None:
-        yield _frame("content_block_stop", {"type": "content_block_stop", "index": 0})
-        block = {"type": "tool_use", "id": plan.tool.id, "name": plan.tool.name, "input": {}}
-        yield _frame(
-            "content_block_start",
-            {"type": "content_block_start", "index": 1, "content_block": block},
-        )
+        yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
+        index += 1
+        tool = {"type": "tool_use", "id": plan.tool.id, "name": plan.tool.name, "input": {}}
+        yield _block_start(index, tool)
         for fragment in plan.tool.json_fragments():
             if (fault := plan.fault_at(sent)) is not None:
                 yield _fault_frame(fault)
                 return
-            yield _frame("content_block_delta", {
-                "type": "content_block_delta", "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": fragment},
-            })  # fmt: skip
+            if (due := start + plan.delay_before(sent)) > time.monotonic():
+                yield due
+            yield _delta(index, {"type": "input_json_delta", "partial_json": fragment})
             sent += 1
     # A fault after the last delta still lands inside the last block, before its stop.
     if (fault := plan.fault_at(sent)) is not None:
         yield _fault_frame(fault)
         return
-    last_block = 0 if plan.tool is None else 1
-    yield _frame("content_block_stop", {"type": "content_block_stop", "index": last_block})
+    yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
     yield _frame("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
         "usage": {"output_tokens": sent},
     })  # fmt: skip
     yield _frame("message_stop", {"type": "message_stop"})
+
+
+def _block_start(index: int, block: dict[str, Any]) -> bytes:
+    return _frame(
+        "content_block_start",
+        {"type": "content_block_start", "index": index, "content_block": block},
+    )
+
+
+def _delta(index: int, delta: dict[str, Any]) -> bytes:
+    return _frame(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
 
 
 def _overloaded() -> bytes:

@@ -4,7 +4,8 @@ tr:s:{id}:log      Redis Stream of the stream's normalized events (`tokenrelay.e
                    entry id 0-{seq+1}, so XADD itself refuses a second writer of a seq.
                    Fields of an entry:
                      k  the event's kind: start, queued, text, tool_use_start,
-                        tool_input, tool_use, thinking, reset, done, error
+                        tool_input, tool_use, thinking, thinking_signature,
+                        reset, done, error
                      t  (text only) the delta's text, UTF-8: no JSON on the hot path
                      d  (every other kind) the event's fields as a JSON object, e.g.
                         done: {"stop_reason", "usage", "cost_usd", "cached"}

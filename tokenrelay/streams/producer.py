@@ -10,8 +10,10 @@ Failures are handled here, so every provider gets the same behaviour:
     assistant prefill, the text so far (trailing whitespace stripped, as Claude
     requires) becomes the final assistant turn and the continuation is appended to
     the same stream; otherwise the answer restarts after a `reset` event. Up to
-    `continuations` times. A cut inside a tool_use or thinking block cannot be
-    continued and ends the stream with a clear error;
+    `continuations` times. An answer that holds a thinking or tool_use block also
+    restarts (a prefill cannot carry them, and Claude refuses one with thinking on).
+    A cut inside a tool_use or thinking block cannot be continued and ends the
+    stream with a clear error;
   - the usage of every attempt is summed.
 """
 
@@ -83,11 +85,17 @@ SHUTDOWN = StopReason("Server shutting down", "shutdown", True)
 HANDED_OVER = StopReason("Stream handed over to another instance", "handover", True, final=False)
 
 
+# Events that open a block a prefill cannot carry.
+BLOCKS: frozenset[type] = frozenset({events.Thinking, events.ToolUseStart})
+
+
 @dataclass(slots=True)
 class Answer:
     """The text of the current answer so far: what a continuation prefills."""
 
     parts: list[str] = field(default_factory=list)
+    # It holds a thinking or tool_use block: a continuation must restart it.
+    blocks: bool = False
 
     @classmethod
     def from_entries(cls, entries: Iterable[Entry]) -> Answer:
@@ -98,6 +106,9 @@ class Answer:
                 answer.parts.append(event)
             elif type(event) is events.Reset:
                 answer.parts.clear()
+                answer.blocks = False
+            elif type(event) in BLOCKS:
+                answer.blocks = True
         return answer
 
     @property
@@ -302,9 +313,21 @@ class Producer:
                             over_budget = not await meter.refill()
                             if over_budget:
                                 break
+                    elif isinstance(delta, events.Thinking | events.ToolInput):
+                        # Generated tokens like text: charged, then appended as they come.
+                        if meter and not meter.charge(per_token) and not await meter.refill():
+                            over_budget = True
+                            break
+                        self._attempt_deltas += 1
+                        self._answer.blocks = True
+                        await append(sid, delta)
                     elif isinstance(delta, ToolUse):
                         self._attempt_deltas += 1
                         await append(sid, events.ToolUse(delta.id, delta.name, delta.input))
+                    elif isinstance(delta, events.ToolUseStart | events.ThinkingSignature):
+                        self._attempt_deltas += 1
+                        self._answer.blocks = True
+                        await append(sid, delta)
                     elif isinstance(delta, MessageEnd):
                         usage.output_tokens = delta.output_tokens
                         stop_reason, ended = delta.stop_reason, True
@@ -366,7 +389,7 @@ class Producer:
         if self.continuations > self._retry.continuations:
             await self._finish_error(exc.message, exc.code, True)
             return False
-        if not self._models.accepts_prefill(self.request.model):
+        if self._answer.blocks or not self._models.accepts_prefill(self.request.model):
             return await self._restart(exc)
         telemetry.continued(exc.error_type)
         log_event(
@@ -382,6 +405,7 @@ class Producer:
             error_type=exc.error_type,
         )  # fmt: skip
         self._answer.parts.clear()
+        self._answer.blocks = False
         await self._log.append(self.stream_id, RESET)
         return True
 
