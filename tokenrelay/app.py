@@ -14,7 +14,17 @@ from tokenrelay.config import Settings
 from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.exporter import metrics_server
-from tokenrelay.routes import errors, health, metrics, openapi, ops, stream, usage, web
+from tokenrelay.routes import (
+    errors,
+    health,
+    metrics,
+    openai_chat,
+    openapi,
+    ops,
+    stream,
+    usage,
+    web,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -54,6 +64,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
+    app.include_router(openai_chat.router)
     app.include_router(usage.router)
     app.include_router(health.router)
     if not settings.metrics_port:  # else /metrics is on its own port only

@@ -31,7 +31,8 @@ from tokenrelay.providers.base import (
 )
 from tokenrelay.providers.sse_decode import sse_events
 
-# The SDK's API version rejects temperature; this one keeps it (ANTHROPIC-PROTOCOL.md §1).
+# The SDK's API version rejects temperature and top_p; this one keeps them
+# (ANTHROPIC-PROTOCOL.md §1).
 SAMPLING_API_VERSION = "2023-06-01"
 
 
@@ -190,9 +191,11 @@ class AnthropicProvider:
         # The attempt's trace context, when it is traced (the upstream's spans join it).
         trace = upstream_headers()
         headers = {} if trace is None else dict(trace)
-        if request.temperature is not None:
+        sampling = {"temperature": request.temperature, "top_p": request.top_p}
+        sampling = {name: value for name, value in sampling.items() if value is not None}
+        if sampling:
             headers["anthropic-version"] = SAMPLING_API_VERSION
-            params["extra_body"] = {"temperature": request.temperature}
+            params["extra_body"] = sampling
         if headers:
             params["extra_headers"] = headers
         return params

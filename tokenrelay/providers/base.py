@@ -94,6 +94,7 @@ class GenerationRequest:
     metadata: dict[str, Any] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None  # e.g. {"type": "enabled", "budget_tokens": N}
+    top_p: float | None = None
 
 
 class Provider(Protocol):

@@ -122,6 +122,7 @@ class Plan:
     error_after: int | None = None  # send an overloaded_error event after N deltas
     drop_after: int | None = None  # cut the connection after N deltas
     stall_after: int | None = None  # fall silent (no event, no ping) after N deltas
+    stop_sequence: str | None = None  # the request's stop sequence the text ended at
 
     @property
     def text(self) -> str:
@@ -322,10 +323,13 @@ class Simulator:
             query = "".join(derive_deltas(key + b"tool", 4)).strip(".").lower()
             tool_id = "toolu_" + hashlib.sha256(key).hexdigest()[:24]
             tool = ToolBlock(tool_id, tool_name, {"query": query})
+        deltas, stop_sequence = _cut_at_stop(deltas, body.get("stop_sequences"))
+        if stop_sequence is not None:
+            tool = None  # the answer ends at the sequence, before any tool call
         if prefill is not None:
             rest = _rest_after(deltas, prefill)
             deltas = rest if rest is not None else derive_deltas(key + prefill.encode(), count)
-        stop_reason = "tool_use" if tool else "end_turn"
+        stop_reason = "tool_use" if tool else "stop_sequence" if stop_sequence else "end_turn"
         thinking = thinking_deltas(key, think)[:max_tokens] if think else None
         room = max_tokens - len(thinking or ())
         if len(deltas) > room:
@@ -344,6 +348,7 @@ class Simulator:
             error_after=directives.get("error_after") if faulty else None,
             drop_after=directives.get("drop_after") if faulty else None,
             stall_after=directives.get("stall_after") if faulty else None,
+            stop_sequence=stop_sequence,
         )
 
     def _count_attempt(self, key: bytes) -> int:
@@ -384,6 +389,27 @@ def _directives(body: dict[str, Any]) -> dict[str, Any]:
             elif name == "tool":
                 found[name] = value
     return found
+
+
+def _cut_at_stop(deltas: list[str], stops: object) -> tuple[list[str], str | None]:
+    """The deltas up to the first of the stop sequences in their text (which, as
+    Claude does, is left out), and that sequence; unchanged when none occurs."""
+    if not isinstance(stops, list):
+        return deltas, None
+    text = "".join(deltas)
+    found = [(text.find(s), s) for s in stops if isinstance(s, str) and s and s in text]
+    if not found:
+        return deltas, None
+    at, sequence = min(found)
+    kept: list[str] = []
+    for delta in deltas:
+        if len(delta) >= at:
+            if at:
+                kept.append(delta[:at])
+            break
+        kept.append(delta)
+        at -= len(delta)
+    return kept, sequence
 
 
 def _rest_after(deltas: list[str], prefill: str) -> list[str] | None:

@@ -137,7 +137,8 @@ class SimulatorApp:
             )
         message = {
             "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
-            "content": content, "stop_reason": plan.stop_reason, "stop_sequence": None,
+            "content": content, "stop_reason": plan.stop_reason,
+            "stop_sequence": plan.stop_sequence,
             "usage": {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens},
         }  # fmt: skip
         self.stats.completed += 1
@@ -254,7 +255,7 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
     yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
     yield _frame("message_delta", {
         "type": "message_delta",
-        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
+        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence},
         "usage": {"output_tokens": sent},
     })  # fmt: skip
     yield _frame("message_stop", {"type": "message_stop"})
