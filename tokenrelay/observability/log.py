@@ -28,8 +28,9 @@ from structlog.stdlib import ProcessorFormatter, add_log_level, add_logger_name
 
 LogFormat = Literal["json", "console"]
 
-# The attribute of a LogRecord that carries a `log_event`'s fields.
-FIELDS = "tokenrelay_fields"
+# A `log_event`'s record carries the event's name and fields as attributes too (`event`,
+# `fields`), for whoever reads records rather than lines (a test's caplog).
+FIELDS = "fields"
 
 
 def log_event(
@@ -42,7 +43,7 @@ def log_event(
 ) -> None:
     """Log `event` with its fields as keys of the line (a None field is left out)."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, exc_info=exc_info, extra={FIELDS: fields})
+        logger.log(level, event, exc_info=exc_info, extra={"event": event, FIELDS: fields})
 
 
 def default_format(stream: TextIO) -> LogFormat:
