@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tokenrelay.admission.gate import Caps, QueueTimeout, Report, wait_for_turn
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.log import log_event
 from tokenrelay.streams import keys
 from tokenrelay.streams.redis import store_errors
 

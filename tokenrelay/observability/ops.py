@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from tokenrelay.errors import LedgerUnavailable, Overloaded
-from tokenrelay.observability.logfmt import log_event
+from tokenrelay.observability.log import log_event
 from tokenrelay.observability.metrics import REGISTRY
 from tokenrelay.streams.manager import InFlight, StreamManager
 from tokenrelay.usage.report import UsageFilter, UsageGroup
