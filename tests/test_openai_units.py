@@ -1,0 +1,665 @@
+"""The OpenAI chat pieces, without a network: the request translator (OpenAI's body →
+Claude's request, or the 400 that names the parameter), the chunk dialect's golden
+bytes, the whole `chat.completion`, and the error shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tokenrelay.admission.budgets import BudgetExceeded
+from tokenrelay.chat_request import ChatRequest, translate
+from tokenrelay.dialects.openai import ChatChunks
+from tokenrelay.dialects.openai_completion import completion
+from tokenrelay.dialects.openai_errors import (
+    INTERRUPTED,
+    InvalidParam,
+    ModelNotFound,
+    OpenAIError,
+    from_failed,
+    from_gateway_error,
+)
+from tokenrelay.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidRequest,
+    Overloaded,
+    RateLimited,
+    RequestTooLarge,
+)
+from tokenrelay.events import (
+    Done,
+    Event,
+    Failed,
+    Queued,
+    Reset,
+    Start,
+    Text,
+    Thinking,
+    ToolInput,
+    ToolUse,
+    ToolUseStart,
+)
+from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.base import GenerationRequest
+from tokenrelay.streams.log import Entry
+from tokenrelay.validation import Limits, RequestValidator
+
+MODEL = "claude-haiku-4-5"
+VALIDATOR = RequestValidator(Limits(), ModelTable(), MODEL)
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def chat(**body: Any) -> ChatRequest:
+    return translate(orjson.dumps({"model": MODEL, "messages": HI, **body}), VALIDATOR)
+
+
+def refused(body: dict[str, Any]) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        translate(orjson.dumps(body), VALIDATOR)
+    return caught.value
+
+
+# -- the translator -------------------------------------------------------------
+
+
+def test_a_conversation_with_tools_becomes_claudes_request() -> None:
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather in Paris? "},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "Looking.",
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {
+                        "id": "call_2",
+                        "type": "function",
+                        "function": {"name": "time", "arguments": ""},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+            {
+                "role": "tool",
+                "tool_call_id": "call_2",
+                "content": [{"type": "text", "text": "noon"}],
+            },
+            {"role": "user", "content": "Thanks"},
+        ],
+        "max_completion_tokens": 300,
+        "stop": "END",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "weather",
+                    "description": "Current weather",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                },
+            },
+            {"type": "function", "function": {"name": "time"}},
+        ],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "user": "u-42",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": 1,
+        "store": False,
+        "metadata": {"app": "x"},
+    }
+    assert translate(orjson.dumps(body), VALIDATOR) == ChatRequest(
+        GenerationRequest(
+            model=MODEL,
+            system="Be brief.\n\nUse tools.",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Weather in Paris? "},
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+                        },
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "Looking."},
+                        {
+                            "type": "tool_use",
+                            "id": "call_1",
+                            "name": "weather",
+                            "input": {"city": "Paris"},
+                        },
+                        {"type": "tool_use", "id": "call_2", "name": "time", "input": {}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": "18 C"},
+                        {"type": "tool_result", "tool_use_id": "call_2", "content": "noon"},
+                        {"type": "text", "text": "Thanks"},
+                    ],
+                },
+            ],
+            max_tokens=300,
+            temperature=0.5,
+            top_p=0.9,
+            stop_sequences=["END"],
+            tools=[
+                {
+                    "name": "weather",
+                    "description": "Current weather",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                },
+                {"name": "time", "input_schema": {"type": "object", "properties": {}}},
+            ],
+            tool_choice={"type": "any", "disable_parallel_tool_use": True},
+            metadata={"user_id": "u-42"},
+        ),
+        stream=True,
+        include_usage=True,
+    )
+
+
+def test_a_plain_request_keeps_the_gateways_defaults() -> None:
+    assert chat() == ChatRequest(
+        GenerationRequest(model=MODEL, messages=HI, max_tokens=Limits().default_max_tokens),
+        stream=False,
+        include_usage=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "claude"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("none", None, {"type": "none"}),
+        ("required", None, {"type": "any"}),
+        ({"type": "function", "function": {"name": "f"}}, None, {"type": "tool", "name": "f"}),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+        ("none", False, {"type": "none"}),
+        (None, True, {"type": "auto"}),
+    ],
+)
+def test_tool_choice_maps_onto_claudes(
+    choice: object, parallel: bool | None, claude: object
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    options = {"tool_choice": choice, "parallel_tool_calls": parallel}
+    request = chat(tools=tools, **{k: v for k, v in options.items() if v is not None})
+    assert request.generation.tool_choice == claude
+
+
+def test_max_tokens_is_either_name_and_stop_a_string_or_a_list() -> None:
+    assert chat(max_tokens=7).generation.max_tokens == 7
+    assert chat(max_tokens=7, max_completion_tokens=7).generation.max_tokens == 7
+    assert chat(stop=["a", "b"]).generation.stop_sequences == ["a", "b"]
+    assert chat(stop=[]).generation.stop_sequences is None
+    assert chat(safety_identifier="s-1").generation.metadata == {"user_id": "s-1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"n": 2}, "only one choice (n = 1) is generated"),
+        ({"n": True}, "only one choice (n = 1) is generated"),
+        ({"logprobs": True}, "Claude does not return log probabilities"),
+        ({"top_logprobs": 3}, "Claude does not return log probabilities"),
+        ({"presence_penalty": 0.5}, "Claude has no presence penalty"),
+        ({"frequency_penalty": 1}, "Claude has no frequency penalty"),
+        ({"logit_bias": {"50256": -100}}, "Claude has no logit bias"),
+        ({"seed": 7}, "Claude has no seeded sampling"),
+        (
+            {"response_format": {"type": "json_object"}},
+            "only text responses are supported (no json_object or json_schema mode)",
+        ),
+        ({"store": True}, "completions are not stored"),
+        ({"functions": [{"name": "f"}]}, "the deprecated functions are not supported: use tools"),
+        ({"service_tier": "flex"}, "only the default service tier is served"),
+        ({"reasoning_effort": "high"}, "reasoning_effort is not supported"),
+        ({"audio": {"voice": "alloy"}}, "audio output is not supported"),
+    ],
+)
+def test_what_has_no_counterpart_in_claudes_api_is_a_400_saying_so(
+    extra: dict[str, Any], reason: str
+) -> None:
+    error = refused({"model": MODEL, "messages": HI, **extra})
+    [name] = extra
+    assert isinstance(error, InvalidParam)
+    assert (error.status, error.message, error.param, error.openai_code) == (
+        400,
+        f"{name} is not supported: {reason}",
+        name,
+        "unsupported_parameter",
+    )
+
+
+def tool_call(arguments: str) -> dict[str, Any]:
+    return {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+
+
+F = [{"type": "function", "function": {"name": "f"}}]
+AUDIO = {"type": "input_audio", "input_audio": {}}
+HTTP_IMAGE = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"frobnicate": 1}, "frobnicate", "Unrecognized request argument supplied: frobnicate"),
+        (
+            {"temperature": 1.5},
+            "temperature",
+            "Invalid temperature: expected a number from 0 to 1 (Claude's range)",
+        ),
+        (
+            {"top_p": "high"},
+            "top_p",
+            "Invalid top_p: expected a number from 0 to 1 (Claude's range)",
+        ),
+        (
+            {"max_tokens": 0},
+            "max_tokens",
+            "Invalid max_tokens: expected an integer from 1 to 64000",
+        ),
+        (
+            {"max_completion_tokens": 64001},
+            "max_completion_tokens",
+            "Invalid max_completion_tokens: expected an integer from 1 to 64000",
+        ),
+        (
+            {"max_tokens": 5, "max_completion_tokens": 6},
+            "max_tokens",
+            "max_tokens and max_completion_tokens differ: send one of them",
+        ),
+        ({"stop": 3}, "stop", "Invalid stop: expected a string or a list of strings"),
+        ({"stop": [" "]}, "stop", "Invalid stop: a stop sequence must not be blank"),
+        (
+            {"stream_options": {"include_usage": True}},
+            "stream_options",
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+        ),
+        ({"stream": "yes"}, "stream", "Invalid stream: expected a boolean"),
+        (
+            {"tool_choice": "auto"},
+            "tool_choice",
+            "tool_choice is only allowed when tools are specified",
+        ),
+        (
+            {"tools": [{"type": "custom", "custom": {"name": "x"}}]},
+            "tools[0]",
+            "Invalid tools[0]: only tools of type 'function' are supported",
+        ),
+        (
+            {"tools": F, "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice",
+            "tool_choice names a function that is not in tools: g",
+        ),
+        ({"messages": []}, "messages", "messages must be a non-empty list"),
+        (
+            {"messages": [{"role": "function", "content": "x"}]},
+            "messages[0].role",
+            "Invalid messages[0].role: expected system, developer, user, assistant or tool",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "x"}]},
+            "messages",
+            "messages must hold at least one user message",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [AUDIO]}]},
+            "messages[0].content[0]",
+            "Invalid messages[0].content[0]: only text and image_url parts are supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [HTTP_IMAGE]}]},
+            "messages[0].content[0].image_url.url",
+            "Invalid messages[0].content[0].image_url.url: expected an https URL or a base64 "
+            "data URL of a JPEG, PNG, GIF or WebP image",
+        ),
+        (
+            {"messages": [*HI, {"role": "tool", "tool_call_id": "call_9", "content": "x"}]},
+            "messages[1].tool_call_id",
+            "messages[1].tool_call_id must name a tool call of the assistant message before it",
+        ),
+        (
+            {"messages": [*HI, {"role": "assistant", "tool_calls": [tool_call("[1]")]}]},
+            "messages[1].tool_calls[0].function.arguments",
+            "Invalid messages[1].tool_calls[0].function.arguments: expected a JSON object",
+        ),
+        (
+            {"messages": [*HI, {"role": "assistant", "content": None}]},
+            "messages[1].content",
+            "messages[1] needs content or tool_calls",
+        ),
+        ({"model": None}, "model", "you must provide a model parameter"),
+    ],
+)
+def test_what_cannot_be_served_is_a_400_naming_the_parameter(
+    extra: dict[str, Any], param: str, message: str
+) -> None:
+    error = refused({"model": MODEL, "messages": HI, **extra})
+    assert isinstance(error, InvalidParam)
+    assert (error.status, error.message, error.param, error.openai_code) == (
+        400,
+        message,
+        param,
+        None,
+    )
+
+
+def test_what_asks_for_nothing_is_accepted() -> None:
+    defaults: dict[str, Any] = {"n": 1, "logprobs": False, "presence_penalty": 0}
+    defaults |= {"frequency_penalty": 0.0, "logit_bias": {}, "response_format": {"type": "text"}}
+    defaults |= {"store": False, "modalities": ["text"], "service_tier": "auto", "seed": None}
+    assert chat(**defaults) == chat()
+
+
+def test_bodies_that_are_not_requests_are_400s_and_unknown_models_404s() -> None:
+    assert refused({}).message == "you must provide a model parameter"
+    for raw, message in [
+        (b"", "Request body is empty; send a JSON object"),
+        (b"{", "Request body is not valid JSON"),
+        (b"[1]", "Request body must be a JSON object"),
+    ]:
+        with pytest.raises(InvalidParam, match=message):
+            translate(raw, VALIDATOR)
+    with pytest.raises(ModelNotFound) as caught:
+        translate(orjson.dumps({"model": "gpt-4o", "messages": HI}), VALIDATOR)
+    error = from_gateway_error(caught.value)
+    assert error == OpenAIError(
+        404,
+        "The model `gpt-4o` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    )
+    # The gateway's own checks still hold: the first turn is the user's.
+    first = refused({"model": MODEL, "messages": [{"role": "assistant", "content": "Hi"}]})
+    assert first.message == "The first message must have role 'user'"
+
+
+# -- the chunk dialect ------------------------------------------------------------
+
+
+def head(stream_id: str = "s1") -> bytes:
+    return (
+        b'data: {"id":"chatcmpl-%b","object":"chat.completion.chunk","created":1700000000,'
+        b'"model":"claude-haiku-4-5",' % stream_id.encode()
+    )
+
+
+def delta(body: bytes, finish: bytes = b"null") -> bytes:
+    return head() + b'"choices":[{"index":0,"delta":%b,"finish_reason":%b}]}\n\n' % (body, finish)
+
+
+USAGE = {"input_tokens": 12, "output_tokens": 230, "cache_read_input_tokens": 100}
+USAGE_JSON = (
+    b'{"prompt_tokens":112,"completion_tokens":230,"total_tokens":342,'
+    b'"prompt_tokens_details":{"cached_tokens":100,"cache_write_tokens":0}}'
+)
+
+
+def entries(*events: Event, first: int = 0) -> list[Entry]:
+    return [Entry(first + i, e) for i, e in enumerate(events)]
+
+
+def test_chunks_of_a_text_answer_are_golden() -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=True)
+    batch = entries(Start("s1", "r1", MODEL), Queued(1), Text('Say "50%"'), Thinking("hm"))
+    assert dialect.render(batch) == (
+        delta(b'{"role":"assistant","content":""}') + delta(b'{"content":"Say \\"50%\\""}')
+    )
+    assert dialect.shown and not dialect.complete and dialect.failure is None
+    end = dialect.render(entries(Text("!"), Done("end_turn", USAGE, 0.01), first=4))
+    assert end == (
+        delta(b'{"content":"!"}')
+        + delta(b"{}", b'"stop"')
+        + head()
+        + b'"choices":[],"usage":%b}\n\n' % USAGE_JSON
+        + b"data: [DONE]\n\n"
+    )
+    assert dialect.complete and dialect.final == b"" and dialect.heartbeat == b": ping\n\n"
+    assert dialect.render(entries(Text("late"), first=6)) == b""
+
+
+def test_tool_calls_stream_by_index_with_their_argument_fragments() -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=False)
+    batch = entries(
+        Start("s1", "r1", MODEL),
+        ToolUseStart("toolu_1", "weather"),
+        ToolInput('{"city":'),
+        ToolInput('"Paris"}'),
+        ToolUse("toolu_1", "weather", {"city": "Paris"}),
+        ToolUseStart("toolu_2", "time"),
+        ToolUse("toolu_2", "time", {}),
+        ToolUse("toolu_3", "clock", {"tz": "UTC"}),
+        Done("tool_use", USAGE, 0.01),
+    )
+    role = delta(b'{"role":"assistant","content":""}')
+    assert dialect.render(batch) == (
+        role
+        + opened(0, b"toolu_1", b"weather")
+        + delta(b'{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\":"}}]}')
+        + delta(b'{"tool_calls":[{"index":0,"function":{"arguments":"\\"Paris\\"}"}}]}')
+        + opened(1, b"toolu_2", b"time")
+        # Opened, and closed with no fragment: its arguments whole.
+        + delta(b'{"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]}')
+        # A block that came whole.
+        + opened(2, b"toolu_3", b"clock", b'"{\\"tz\\":\\"UTC\\"}"')
+        + delta(b"{}", b'"tool_calls"')
+        + b"data: [DONE]\n\n"
+    )
+
+
+def opened(index: int, call_id: bytes, name: bytes, arguments: bytes = b'""') -> bytes:
+    """The chunk of a tool call as it opens (with all its arguments, when given)."""
+    return delta(
+        b'{"tool_calls":[{"index":%d,"id":"%b","type":"function",'
+        b'"function":{"name":"%b","arguments":%b}}]}' % (index, call_id, name, arguments)
+    )
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", b'"stop"'),
+        ("stop_sequence", b'"stop"'),
+        ("max_tokens", b'"length"'),
+        ("tool_use", b'"tool_calls"'),
+        ("refusal", b'"content_filter"'),
+        (None, b'"stop"'),
+    ],
+)
+def test_finish_reasons(stop_reason: str | None, finish: bytes) -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=False)
+    assert dialect.render(entries(Done(stop_reason, USAGE, 0.0))) == (
+        delta(b"{}", finish) + b"data: [DONE]\n\n"
+    )
+
+
+def test_a_failed_stream_ends_with_an_error_chunk_and_no_done() -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=True)
+    failed = Failed("Upstream overloaded", "overloaded", True, USAGE, 0.01)
+    chunk = dialect.render(entries(Start("s1", "r1", MODEL), Text("Hi"), failed))
+    assert chunk == (
+        delta(b'{"role":"assistant","content":""}')
+        + delta(b'{"content":"Hi"}')
+        + b'data: {"error":{"message":"Upstream overloaded","type":"server_error",'
+        b'"param":null,"code":"overloaded"}}\n\n'
+    )
+    assert dialect.failure == OpenAIError(
+        503, "Upstream overloaded", "server_error", "overloaded", retryable=True
+    )
+    # Failed before a reader saw anything: the route answers with the HTTP error instead.
+    assert not dialect.shown
+    assert dialect.interrupted() == b""  # it has ended already
+
+
+def test_a_reset_after_text_went_out_ends_the_stream_with_an_error() -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=False)
+    dialect.render(entries(Start("s1", "r1", MODEL), Text("Half")))
+    chunk = dialect.render(entries(Reset(), Text("Other"), first=2))
+    error = orjson.loads(chunk.removeprefix(b"data: "))
+    assert error == {
+        "error": {
+            "message": "The upstream answer failed mid-way and had to start again, which a "
+            "chat completion stream cannot show; retry the request",
+            "type": "server_error",
+            "param": None,
+            "code": "answer_restarted",
+        }
+    }
+    assert dialect.render(entries(Text("more"), first=4)) == b""
+
+
+def test_a_reset_in_the_first_batch_drops_what_was_never_sent() -> None:
+    dialect = ChatChunks("s1", MODEL, 1700000000, include_usage=False)
+    batch = entries(
+        Start("s1", "r1", MODEL),
+        Text("Half"),
+        ToolUseStart("toolu_1", "f"),
+        Reset(),
+        Text("Whole"),
+        ToolUse("toolu_2", "g", {}),
+    )
+    assert dialect.render(batch) == (
+        delta(b'{"role":"assistant","content":""}')
+        + delta(b'{"content":"Whole"}')
+        + opened(0, b"toolu_2", b"g", b'"{}"')
+    )
+
+
+def test_readers_share_each_entrys_encoding_and_add_only_their_own_frame() -> None:
+    log = entries(Start("s1", "r1", MODEL), Text("Hi"), ToolInput("{}"), Done("end_turn", USAGE, 0))
+    first = ChatChunks("s1", MODEL, 1700000000, include_usage=True)
+    first.render(log)
+    kept = [e.encoded("openai", lambda _e: b"never called") for e in log[1:]]
+    assert kept == [b'"Hi"', b'"{}"', USAGE_JSON]
+    second = ChatChunks("s1", MODEL, 1700000001, include_usage=False)
+    chunk = second.render(log)
+    assert b'"created":1700000001' in chunk and b'"usage"' not in chunk
+
+
+# -- the whole completion -------------------------------------------------------
+
+
+def test_a_whole_completion_drops_what_a_reset_replaced() -> None:
+    log = entries(
+        Start("s1", "r1", MODEL),
+        Text("Half"),
+        Reset(),
+        Text("Whole"),
+        Text(" answer"),
+        ToolUseStart("toolu_1", "f"),
+        ToolInput('{"a":1}'),
+        ToolUse("toolu_1", "f", {"a": 1}),
+        Done("tool_use", USAGE, 0.01),
+    )
+    body = completion(log, "s1", MODEL, 1700000000)
+    assert isinstance(body, bytes)
+    function = {"name": "f", "arguments": '{"a":1}'}
+    assert orjson.loads(body) == {
+        "id": "chatcmpl-s1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Whole answer",
+                    "refusal": None,
+                    "tool_calls": [{"id": "toolu_1", "type": "function", "function": function}],
+                },
+                "logprobs": None,
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": orjson.loads(USAGE_JSON),
+    }
+
+
+def test_a_whole_completion_of_only_tool_calls_has_null_content_and_errors_are_errors() -> None:
+    only_tools = entries(ToolUse("toolu_1", "f", {}), Done("tool_use", USAGE, 0))
+    body = completion(only_tools, "s1", MODEL, 0)
+    assert isinstance(body, bytes)
+    assert orjson.loads(body)["choices"][0]["message"]["content"] is None
+    failed = Failed("Budget exceeded", "budget_exceeded", False, USAGE, 0)
+    assert completion(entries(Text("a"), failed), "s1", MODEL, 0) == OpenAIError(
+        429, "Budget exceeded", "insufficient_quota", "budget_exceeded"
+    )
+    assert completion(entries(Text("a")), "s1", MODEL, 0) is INTERRUPTED
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind", "code"),
+    [
+        (InvalidRequest("bad"), 400, "invalid_request_error", None),
+        (AuthenticationFailed("who?"), 401, "invalid_request_error", "invalid_api_key"),
+        (RequestTooLarge("big"), 413, "invalid_request_error", "request_too_large"),
+        (IdempotencyConflict("again"), 422, "invalid_request_error", "idempotency_conflict"),
+        (RateLimited("slow down", retry_after=7), 429, "requests", "rate_limit_exceeded"),
+        (BudgetExceeded("spent"), 429, "insufficient_quota", "insufficient_quota"),
+        (Overloaded("full", retry_after=1), 503, "server_error", "overloaded"),
+    ],
+)
+def test_gateway_errors_in_openais_words(
+    exc: GatewayError, status: int, kind: str, code: str | None
+) -> None:
+    error = from_gateway_error(exc)
+    assert (error.status, error.type, error.code, error.retry_after) == (
+        status,
+        kind,
+        code,
+        exc.retry_after,
+    )
+    assert orjson.loads(error.body()) == {
+        "error": {"message": exc.message, "type": kind, "param": None, "code": code}
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind", "openai_code"),
+    [
+        ("invalid_request", 400, "invalid_request_error", "invalid_request"),
+        ("not_found", 404, "invalid_request_error", "model_not_found"),
+        ("rate_limit", 429, "requests", "rate_limit"),
+        ("overloaded", 503, "server_error", "overloaded"),
+        ("api", 502, "server_error", "api"),
+        ("incomplete_block", 502, "server_error", "incomplete_block"),
+        ("internal", 500, "server_error", "internal"),
+    ],
+)
+def test_failed_streams_in_openais_words(
+    code: str, status: int, kind: str, openai_code: str
+) -> None:
+    error = from_failed(Failed("m", code, False, USAGE, 0))
+    assert (error.status, error.type, error.code) == (status, kind, openai_code)
