@@ -118,7 +118,7 @@ async def test_model_that_rejects_prefill_restarts_with_reset(
 async def test_cut_inside_a_tool_use_block_ends_with_a_clear_error(
     client: httpx.AsyncClient,
 ) -> None:
-    # tool=NAME: 5 text deltas, then the tool's input in 3 fragments; cut after one.
+    # tool=NAME: 5 text deltas, then the tool's input in fragments; cut after one.
     read = await start(
         client, {"prompt": unique("Look it up [[sim:tool=search]] [[sim:drop_after=6]]")}
     )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tokenrelay.blocks import check_conversation, check_thinking, check_tools, texts_of
 from tokenrelay.errors import InvalidRequest
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import GenerationRequest
@@ -21,7 +22,8 @@ from tokenrelay.providers.base import GenerationRequest
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    # Blocks are checked by `blocks.check_conversation`, whose messages say more.
+    content: str | list[Any]
 
 
 class StreamRequestBody(BaseModel):
@@ -36,6 +38,9 @@ class StreamRequestBody(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    # e.g. {"type": "enabled", "budget_tokens": 2048}: thinking deltas before the text.
+    thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     # False: a fresh answer, never one from the response cache.
     cache: bool | None = None
@@ -117,6 +122,8 @@ class RequestValidator:
         max_tokens = body.max_tokens or limits.default_max_tokens
         if max_tokens < 1 or max_tokens > limits.max_tokens_ceiling:
             raise InvalidRequest(f"max_tokens must be between 1 and {limits.max_tokens_ceiling}")
+        check_tools(body.tools, body.tool_choice)
+        check_thinking(body.thinking, max_tokens, body.temperature)
         request = GenerationRequest(
             model=model,
             messages=messages,
@@ -126,6 +133,8 @@ class RequestValidator:
             stop_sequences=body.stop_sequences,
             tools=body.tools,
             metadata=body.metadata,
+            tool_choice=body.tool_choice,
+            thinking=body.thinking,
         )
         try:
             # What the gateway keeps of a request (its coalescing key, the Redis copy
@@ -144,28 +153,19 @@ class RequestValidator:
             raise InvalidRequest(f"Too many messages: at most {self.limits.max_messages}")
         if messages[0]["role"] != "user":
             raise InvalidRequest("The first message must have role 'user'")
+        check_conversation(messages)
         total = 0
         for message in messages:
             content = message["content"]
-            if isinstance(content, str):
-                if not content.strip() and message["role"] == "user":
-                    raise InvalidRequest("A user message must not be empty")
-                total += len(content)
-            else:
-                for block in content:
-                    text = block.get("text")
-                    if isinstance(text, str):
-                        total += len(text)
+            if isinstance(content, str) and not content.strip() and message["role"] == "user":
+                raise InvalidRequest("A user message must not be empty")
+            total += sum(len(text) for text in texts_of(content))
         self._check_length(total)
 
     def _screen(self, messages: list[dict[str, Any]], system: object) -> None:
         texts = [system] if isinstance(system, str) else []
         for message in messages:
-            content = message["content"]
-            if isinstance(content, str):
-                texts.append(content)
-            else:
-                texts += [b["text"] for b in content if isinstance(b.get("text"), str)]
+            texts += texts_of(message["content"])
         for pattern in self.screen:
             if any(pattern.search(text) for text in texts):
                 raise InvalidRequest("Prompt rejected by the content screen")

@@ -70,7 +70,11 @@ TOKENS_EVENT_DATA: dict[str, Any] = {
         _obj({"stream_id": _STR, "request_id": _STR, "model": _STR}),
         _obj({"queued": _TRUE, "position": _INT}),
         _obj({"token": _STR}),
+        _obj({"tool_use_start": _obj({"id": _STR, "name": _STR})}),
+        _obj({"tool_input": _STR}),
         _obj({"tool_use": _obj({"id": _STR, "name": _STR, "input": {"type": "object"}})}),
+        _obj({"thinking": _STR}),
+        _obj({"thinking_signature": _STR}),
         _obj({"reset": _TRUE, "reason": _STR}),
         _obj(
             {"done": _TRUE, "stop_reason": {"type": ["string", "null"]}, "usage": _USAGE},
