@@ -4,6 +4,7 @@ server sends is the provider contract's business (tests/contracts)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,7 +14,13 @@ import httpx2
 import pytest
 
 from tests.support import free_port, spawn
-from tokenrelay.simulator.engine import PREFILL_REJECTED, Fault, SimError, Simulator
+from tokenrelay.simulator.engine import (
+    PREFILL_REJECTED,
+    Fault,
+    SimError,
+    Simulator,
+    signature_of,
+)
 
 
 def body(prompt: str, model: str = "claude-haiku-4-5", **extra: Any) -> dict[str, Any]:
@@ -214,3 +221,103 @@ def test_new_api_version_rejects_sampling_parameters(simulator_url: str) -> None
         json={**body("Hi [[sim:tokens=2]]"), "temperature": 0.5},
     )  # fmt: skip
     assert old.status_code == 200
+
+
+def test_tool_input_streams_in_fragments_cut_inside_its_key_and_its_string() -> None:
+    plan = Simulator().plan(body("Weather in Lima? [[sim:tool=weather]]"))
+    assert plan.tool is not None
+    fragments = plan.tool.json_fragments()
+    text = "".join(fragments)
+    assert json.loads(text) == plan.tool.input and set(plan.tool.input) == {"query"}
+    assert all(3 <= len(f) <= 10 for f in fragments[:-1]) and 1 <= len(fragments[-1]) <= 10
+    # Where each fragment ends: inside the key `"query"`, and inside the query's string.
+    ends = [sum(len(f) for f in fragments[: i + 1]) for i in range(len(fragments) - 1)]
+    key = range(text.index('"query"') + 1, text.index('"query"') + len('"query"'))
+    value = range(text.index(': "') + 3, len(text) - 2)
+    assert fragments == ['{"qu', 'ery": ', '"forest ', "fol", "lows rive", "r h", 'ears"', "}"]
+    assert sum(end in key for end in ends) == 1 and sum(end in value for end in ends) == 4
+    assert Simulator().plan(body("Weather in Lima? [[sim:tool=weather]]")).tool == plan.tool
+    assert plan.output_tokens == 5 + len(fragments)
+
+
+def test_thinking_enabled_opens_the_answer_with_a_signed_thinking_block() -> None:
+    think = {"type": "enabled", "budget_tokens": 1024}
+    plan = Simulator().plan(body("Ponder", max_tokens=2048, thinking=think))
+    plain = Simulator().plan(body("Ponder"))
+    assert plan.thinking is not None and len(plan.thinking) == 8
+    assert plan.deltas == plain.deltas and plain.thinking is None  # the same text
+    assert len(plan.thinking_text.split(" ")) == 32  # four words a delta
+    assert plan.signature == signature_of(plan.thinking_text) and len(plan.signature) == 88
+    assert plan.output_tokens == 8 + 50
+    directed = Simulator().plan(body("Ponder [[sim:thinking=2]]"))
+    assert directed.thinking is not None and len(directed.thinking) == 2
+    assert directed.thinking[0] == plan.thinking[0] and directed.thinking_text.endswith(".")
+    disabled = Simulator().plan(body("Ponder", thinking={"type": "disabled"}))
+    assert disabled.thinking is None
+
+
+@pytest.mark.parametrize(
+    ("thinking", "max_tokens", "message"),
+    [
+        ({"type": "enabled"}, 2048, "thinking.enabled.budget_tokens: Field required"),
+        ({"type": "enabled", "budget_tokens": 1000}, 2048,
+         "thinking.enabled.budget_tokens: Input should be >= 1024"),
+        ({"type": "enabled", "budget_tokens": 2048}, 2048,
+         "`max_tokens` must be greater than `thinking.budget_tokens`"),
+        ({"type": "sometimes"}, 2048,
+         "thinking: Input tag does not match any of the expected tags"),
+    ],
+)  # fmt: skip
+def test_a_thinking_config_claude_refuses_is_a_400(
+    thinking: dict[str, Any], max_tokens: int, message: str
+) -> None:
+    with pytest.raises(SimError) as info:
+        Simulator().plan(body("Ponder", max_tokens=max_tokens, thinking=thinking))
+    assert (info.value.status, info.value.message) == (400, message)
+
+
+def test_a_thinking_block_sent_back_must_keep_its_signature() -> None:
+    think = {"type": "enabled", "budget_tokens": 1024}
+    first = Simulator().plan(body("Ponder [[sim:tool=look]]", max_tokens=2048, thinking=think))
+    assert first.tool is not None
+    block = {"type": "thinking", "thinking": first.thinking_text, "signature": first.signature}
+    tool_use = {"type": "tool_use", "id": first.tool.id, "name": "look", "input": first.tool.input}
+    result = {"type": "tool_result", "tool_use_id": first.tool.id, "content": "found"}
+    request = body("Ponder [[sim:tool=look]]", max_tokens=2048, thinking=think)
+    request["messages"] += [
+        {"role": "assistant", "content": [block, {"type": "text", "text": first.text}, tool_use]},
+        {"role": "user", "content": [result]},
+    ]
+    answer = Simulator().plan(request)
+    # Handed the tool's result, the answer is text: the directive asks for no second call.
+    assert answer.tool is None and answer.stop_reason == "end_turn"
+    assert answer.deltas != first.deltas
+    block["signature"] = first.signature[:-4] + "AAA="
+    with pytest.raises(SimError) as info:
+        Simulator().plan(request)
+    assert info.value.message == "messages.1.content.0: Invalid `signature` in `thinking` block"
+
+
+async def test_sdk_reads_thinking_and_its_signature(sdk: anthropic.AsyncAnthropic) -> None:
+    think: Any = {"type": "enabled", "budget_tokens": 1024}
+    messages: Any = [{"role": "user", "content": "Ponder slowly [[sim:tokens=6]]"}]
+    planned = Simulator().plan(body("Ponder slowly [[sim:tokens=6]]", max_tokens=2048,
+                                    thinking=think))  # fmt: skip
+    thinking: list[str] = []
+    async with sdk.messages.stream(
+        model="claude-haiku-4-5", max_tokens=2048, thinking=think, messages=messages
+    ) as stream:
+        async for event in stream:
+            if event.type == "thinking":
+                thinking.append(event.thinking)
+        message = await stream.get_final_message()
+    assert thinking == planned.thinking
+    [block, text] = message.content
+    assert block.type == "thinking" and block.signature == planned.signature
+    assert text.type == "text" and text.text == planned.text
+    assert message.usage.output_tokens == 8 + 6
+    whole = await sdk.messages.create(
+        model="claude-haiku-4-5", max_tokens=2048, thinking=think, messages=messages
+    )
+    assert [b.type for b in whole.content] == ["thinking", "text"]
+    assert whole.content[0].thinking == planned.thinking_text  # type: ignore[union-attr]
