@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from tests.support import Stack, run_stack, unique
+from tests.support.direct import Direct, direct
 from tests.support.metrics import key, scrape
 
 MODEL = "claude-haiku-4-5"
@@ -52,44 +51,6 @@ def async_client(stack: Stack) -> openai.AsyncOpenAI:
 
 def user(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
-
-
-@dataclass
-class Direct:
-    """The simulator's answer to a request in Claude's format, read straight from it."""
-
-    text: str = ""
-    deltas: list[str] = field(default_factory=list)
-    tool: dict[str, Any] | None = None  # id, name, input
-    fragments: list[str] = field(default_factory=list)  # the tool input's, as streamed
-    input_tokens: int = 0
-    output_tokens: int = 0
-    stop_reason: str | None = None
-
-
-async def direct(stack: Stack, messages: list[dict[str, Any]], **params: Any) -> Direct:
-    sdk = anthropic.AsyncAnthropic(base_url=stack.simulator, api_key="k", max_retries=0)
-    answer = Direct()
-    params = {"model": MODEL, "max_tokens": 1024, **params}
-    async with sdk:
-        stream = await sdk.messages.create(messages=messages, stream=True, **params)  # type: ignore[call-overload]
-        async for event in stream:
-            if event.type == "message_start":
-                answer.input_tokens = event.message.usage.input_tokens
-            elif event.type == "content_block_start" and event.content_block.type == "tool_use":
-                block = event.content_block
-                answer.tool = {"id": block.id, "name": block.name}
-            elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                answer.deltas.append(event.delta.text)
-            elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
-                answer.fragments.append(event.delta.partial_json)
-            elif event.type == "message_delta":
-                answer.output_tokens = event.usage.output_tokens
-                answer.stop_reason = event.delta.stop_reason
-    answer.text = "".join(answer.deltas)
-    if answer.tool is not None:
-        answer.tool["input"] = json.loads("".join(answer.fragments))
-    return answer
 
 
 def usage_of(answer: Direct) -> dict[str, Any]:
