@@ -124,11 +124,16 @@ def simulate(
     port: int = typer.Option(8090, help="Port to bind."),
     ttft_ms: int = typer.Option(300, help="Default delay before the first token."),
     tps: float = typer.Option(60.0, help="Default tokens per second (0: no delay at all)."),
+    replay_dir: str = typer.Option(
+        None, help="Where [[sim:replay=NAME]] finds NAME.sse, a Claude stream sent verbatim."
+    ),
 ) -> None:
     """Run the built-in Claude simulator as a standalone Messages API server."""
+    from pathlib import Path
+
     from tokenrelay.simulator.server import run
 
-    run(host, port, ttft_ms=ttft_ms, tps=tps)
+    run(host, port, ttft_ms=ttft_ms, tps=tps, replay_dir=Path(replay_dir) if replay_dir else None)
 
 
 @app.command()

@@ -95,6 +95,7 @@ class Done:
     usage: dict[str, int]
     cost_usd: float
     cached: bool = False
+    stop_sequence: str | None = None  # the one the answer stopped at (stop_sequence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,13 +77,14 @@ def map_sdk_errors() -> Iterator[None]:
 class _BlockState:
     """Turns Claude's stream events into deltas, remembering which block is open."""
 
-    __slots__ = ("open_block", "output_tokens", "stop_reason", "tool", "tool_json")
+    __slots__ = ("open_block", "output_tokens", "stop_reason", "stop_sequence", "tool", "tool_json")
 
     def __init__(self) -> None:
         self.open_block: str | None = None
         self.tool: tuple[str, str] | None = None
         self.tool_json: list[str] = []
         self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.output_tokens = 0
 
     def feed(self, event: dict[str, Any]) -> Delta | None:
@@ -126,9 +127,10 @@ class _BlockState:
                 return ToolUse(tool_id, name, orjson.loads("".join(self.tool_json) or "{}"))
         elif kind == "message_delta":
             self.stop_reason = event["delta"].get("stop_reason")
+            self.stop_sequence = event["delta"].get("stop_sequence")
             self.output_tokens = (event.get("usage") or {}).get("output_tokens", 0)
         elif kind == "message_stop":
-            return MessageEnd(self.stop_reason, self.output_tokens)
+            return MessageEnd(self.stop_reason, self.output_tokens, self.stop_sequence)
         elif kind == "error":
             error = event.get("error") or {}
             raise UpstreamIncomplete(
@@ -217,6 +219,15 @@ class AnthropicProvider:
             exc.cut_block = state.open_block if state.open_block != "text" else None
             raise
         raise UpstreamIncomplete("upstream stream ended without message_stop")
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        params = self._params(request)
+        for name in ("max_tokens", "stream", "stop_sequences", "metadata"):  # not counted
+            params.pop(name, None)
+        params.pop("extra_body", None)  # sampling: nothing to count
+        with map_sdk_errors():
+            counted = await self._client.messages.count_tokens(**params)
+        return counted.input_tokens
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -66,6 +66,7 @@ class ToolUse:
 class MessageEnd:
     stop_reason: str | None
     output_tokens: int
+    stop_sequence: str | None = None
 
 
 Delta = (
@@ -102,6 +103,11 @@ class Provider(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """One attempt. Raises `UpstreamError` / `UpstreamIncomplete` as described above."""
+        ...
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The input tokens the request would use (Claude's count_tokens); raises
+        `UpstreamError` as the upstream refuses it."""
         ...
 
     async def aclose(self) -> None: ...

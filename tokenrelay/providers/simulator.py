@@ -80,7 +80,13 @@ class SimulatorProvider:
         _raise_fault(plan, sent, None if plan.tool is None else "tool_use")
         if plan.tool is not None:
             yield ToolUse(plan.tool.id, plan.tool.name, plan.tool.input)
-        yield MessageEnd(plan.stop_reason, sent)
+        yield MessageEnd(plan.stop_reason, sent, plan.stop_sequence)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        try:
+            return self.simulator.count_tokens(request_body(request))
+        except SimError as exc:
+            raise UpstreamError(exc.message, status=exc.status, error_type=exc.error_type) from None
 
     async def aclose(self) -> None:
         return None

@@ -15,7 +15,7 @@ or, without streaming, `entries = await collect(gw, started.stream_id)`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -105,9 +105,11 @@ async def start(
     meter: Meter | None,
     idempotency_key: str | None = None,
     use_cache: bool = True,
+    restartable: bool = True,
 ) -> str:
     """Start (or join) a stream through `manager.start` (coalescing, cache, gate);
-    a full queue is counted as a rejection and raised (503)."""
+    a full queue is counted as a rejection and raised (503). `restartable` False:
+    the route's format cannot tell its reader to reset (see `Producer`)."""
     try:
         return await gw.manager.start(
             generation,
@@ -120,6 +122,7 @@ async def start(
             principal=principal,
             meter=meter,
             use_cache=use_cache,
+            restartable=restartable,
         )
     except QueueFull:
         telemetry.queue_rejected("full")
@@ -137,6 +140,7 @@ async def open_stream(
     body: bytes,
     idempotency_key: str | None = None,
     use_cache: bool = True,
+    restartable: bool = True,
 ) -> Started:
     """Admit the request and start its stream, inside the admission span: the whole
     of what happens before a response starts. `body` is what identifies the request
@@ -158,6 +162,7 @@ async def open_stream(
             meter=meter,
             idempotency_key=idempotency_key,
             use_cache=use_cache,
+            restartable=restartable,
         )
         admitted.started(stream_id)
     delivery = gw.tracing.delivery(admitted.context, stream_id, -1, None)
@@ -182,11 +187,13 @@ def respond(
     admission: Admission = UNLIMITED,
     first_text: Callable[[], None] | None = None,
     trace: Delivery = NO_DELIVERY,
+    headers: Mapping[str, str] | None = None,
 ) -> SSEResponse:
-    """The stream's entries after `after` as an SSE response in `dialect`."""
+    """The stream's entries after `after` as an SSE response in `dialect`, with the
+    stream's headers (and `headers`)."""
     bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
     frames = stream_frames(gw.manager, stream_id, after, dialect, first_text, trace)
-    return SSEResponse(frames, stream_headers(gw, stream_id, admission))
+    return SSEResponse(frames, {**stream_headers(gw, stream_id, admission), **(headers or {})})
 
 
 def respond_started(gw: Gateway, started: Started, dialect: Dialect) -> SSEResponse:

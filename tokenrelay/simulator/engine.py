@@ -334,13 +334,12 @@ class Simulator:
         room = max_tokens - len(thinking or ())
         if len(deltas) > room:
             deltas, stop_reason, tool = deltas[:room], "max_tokens", None
-        prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages)
         return Plan(
             model=model,
             message_id="msg_" + hashlib.sha256(key + b"%d" % attempt).hexdigest()[:24],
             deltas=deltas,
             stop_reason=stop_reason,
-            input_tokens=max(1, (prompt_chars + len(canonical["system"])) // 4),
+            input_tokens=_input_tokens(messages, canonical["system"]),
             ttft_s=directives.get("ttft_ms", self.ttft_ms) / 1000,
             tps=float(directives.get("tps", self.tps)),
             tool=tool,
@@ -351,12 +350,32 @@ class Simulator:
             stop_sequence=stop_sequence,
         )
 
+    def count_tokens(self, body: dict[str, Any]) -> int:
+        """The input tokens of a request, as `plan` reports them for it (Claude's
+        count_tokens); every turn counts, a final assistant one too."""
+        model, messages = body.get("model"), body.get("messages")
+        if not isinstance(model, str) or not model:
+            raise SimError(400, "model: Field required")
+        if model not in self.models:
+            raise SimError(404, f"model: {model}")
+        if not isinstance(messages, list) or not messages:
+            raise SimError(400, "messages: Field required")
+        if not all(isinstance(m, dict) for m in messages):
+            raise SimError(400, "messages: invalid message")
+        return _input_tokens(messages, _clean(_text_of(body.get("system"))))
+
     def _count_attempt(self, key: bytes) -> int:
         attempt = self._attempts.pop(key, 0) + 1
         self._attempts[key] = attempt
         if len(self._attempts) > 100_000:  # bounded: forget the oldest requests
             self._attempts.popitem(last=False)
         return attempt
+
+
+def _input_tokens(messages: list[dict[str, Any]], system: str) -> int:
+    """About four characters a token, as a prompt's text goes."""
+    prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages)
+    return max(1, (prompt_chars + len(system)) // 4)
 
 
 def _required(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:

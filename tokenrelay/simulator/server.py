@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator
+from tokenrelay.simulator.replay import Replays, requested
 
 # Versions of the API that refuse sampling parameters (ANTHROPIC-PROTOCOL.md §1).
 NO_SAMPLING_VERSIONS = frozenset({"2026-10-21"})
@@ -60,10 +62,14 @@ def _error_json(error_type: str, message: str, request_id: str) -> bytes:
 
 
 class SimulatorApp:
-    def __init__(self, simulator: Simulator) -> None:
+    def __init__(self, simulator: Simulator, replays: Replays | None = None) -> None:
         self.simulator = simulator
+        self.replays = replays
         self.stats = Stats()
         self.traceparents: deque[str] = deque(maxlen=1000)
+        # The credentials the latest requests came with, oldest first: a test can see
+        # whose key reached the upstream.
+        self.api_keys: deque[str] = deque(maxlen=1000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,12 +81,16 @@ class SimulatorApp:
         path, method = scope["path"], scope["method"]
         if path == "/v1/messages" and method == "POST":
             await self._messages(scope, receive, send, request_id)
+        elif path == "/v1/messages/count_tokens" and method == "POST":
+            await self._count_tokens(scope, receive, send, request_id)
         elif path == "/healthz" and method == "GET":
             await _json(send, 200, b'{"status":"ok"}', request_id)
         elif path == "/_sim/stats" and method == "GET":
             await _json(send, 200, orjson.dumps(asdict(self.stats)), request_id)
         elif path == "/_sim/traceparents" and method == "GET":
             await _json(send, 200, orjson.dumps(list(self.traceparents)), request_id)
+        elif path == "/_sim/api_keys" and method == "GET":
+            await _json(send, 200, orjson.dumps(list(self.api_keys)), request_id)
         else:
             await _json(
                 send, 404, _error_json("not_found_error", "Not found", request_id), request_id
@@ -93,10 +103,18 @@ class SimulatorApp:
         traceparent = headers.get(b"traceparent")
         if traceparent is not None:
             self.traceparents.append(traceparent.decode("latin-1"))
+        self._note_key(headers)
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
                 raise SimError(400, "Request body must be a JSON object")
+            replay = requested(body)
+            if replay is not None:
+                if self.replays is None:
+                    raise SimError(400, "replays need tokenrelay simulate --replay-dir")
+                events = self.replays.events(replay, body)
+                await self._stream_events(events, send, request_id)
+                return
             version = headers.get(b"anthropic-version", b"").decode()
             if version in NO_SAMPLING_VERSIONS:
                 for name in ("temperature", "top_p", "top_k"):
@@ -118,6 +136,40 @@ class SimulatorApp:
             await self._stream(plan, receive, send, request_id)
         else:
             await self._complete(plan, send, request_id)
+
+    async def _count_tokens(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        self._note_key(dict(scope["headers"]))
+        try:
+            body = orjson.loads(await _read_body(receive))
+            if not isinstance(body, dict):
+                raise SimError(400, "Request body must be a JSON object")
+            counted = self.simulator.count_tokens(body)
+        except orjson.JSONDecodeError:
+            err = _error_json("invalid_request_error", "Request body is not valid JSON", request_id)
+            await _json(send, 400, err, request_id)
+            return
+        except SimError as exc:
+            await _json(send, exc.status, _error_json(exc.error_type, exc.message, request_id),
+                        request_id)  # fmt: skip
+            return
+        await _json(send, 200, orjson.dumps({"input_tokens": counted}), request_id)
+
+    def _note_key(self, headers: dict[bytes, bytes]) -> None:
+        key = headers.get(b"x-api-key") or headers.get(b"authorization")
+        if key is not None:
+            self.api_keys.append(key.decode("latin-1"))
+
+    async def _stream_events(self, events: list[bytes], send: Send, request_id: str) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"request-id", request_id.encode()),
+        ]})  # fmt: skip
+        for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.stats.completed += 1
 
     async def _complete(self, plan: Plan, send: Send, request_id: str) -> None:
         if plan.ttft_s:
@@ -336,8 +388,11 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def create_app(ttft_ms: int = 300, tps: float = 60.0) -> SimulatorApp:
-    return SimulatorApp(Simulator(ttft_ms=ttft_ms, tps=tps))
+def create_app(
+    ttft_ms: int = 300, tps: float = 60.0, replay_dir: Path | None = None
+) -> SimulatorApp:
+    replays = Replays(replay_dir) if replay_dir is not None else None
+    return SimulatorApp(Simulator(ttft_ms=ttft_ms, tps=tps), replays)
 
 
 class _QuietDrops(logging.Filter):
@@ -347,10 +402,10 @@ class _QuietDrops(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
 
 
-def run(host: str, port: int, *, ttft_ms: int, tps: float) -> None:
+def run(host: str, port: int, *, ttft_ms: int, tps: float, replay_dir: Path | None = None) -> None:
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(
-        create_app(ttft_ms, tps),
+        create_app(ttft_ms, tps, replay_dir),
         host=host,
         port=port,
         loop="uvloop",

@@ -62,6 +62,17 @@ class Entry:
         return f"Entry({self.seq}, {self.event!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """How the upstream's answer began (Claude's `message_start`): the model that
+    serves it and the input usage it reported. Kept with the stream, not in its log,
+    so that a dialect can start the message as Claude did without an event the others
+    would have to skip; set once, before the first content is appended."""
+
+    model: str
+    usage: dict[str, int]  # input_tokens, and the cache counts when there are any
+
+
 @dataclass(slots=True)
 class StreamMeta:
     stream_id: str
@@ -76,6 +87,7 @@ class StreamMeta:
     # Whom its limits and budget count against, when not its owner (without
     # authentication, the client's address): a takeover meters it against the same.
     principal: str = ""
+    opening: Opening | None = None
 
 
 class StreamLog(Protocol):
@@ -90,6 +102,11 @@ class StreamLog(Protocol):
     async def append(self, stream_id: str, event: Event) -> int:
         """Append one event and wake every waiting reader; returns its seq.
         A terminal event closes the stream and starts its `stream_ttl`."""
+        ...
+
+    async def set_opening(self, stream_id: str, opening: Opening) -> None:
+        """Keep how the stream's answer began with its metadata; a reader that has
+        seen an entry appended after this call sees it in `meta`."""
         ...
 
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:

@@ -171,6 +171,7 @@ class StreamManager:
         meter: Meter | None = None,
         use_cache: bool = True,
         route: str = "api",
+        restartable: bool = True,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
@@ -178,7 +179,8 @@ class StreamManager:
         (0 for a request that joined another's stream), when they are known.
         `principal` is whom the gate counts the call against (default: `owner`); at
         capacity with a full queue it raises QueueFull (503) before any stream exists.
-        `route` names the API the request came by, for the stream's metrics."""
+        `route` names the API the request came by, for the stream's metrics;
+        `restartable` False: its reader cannot be told to reset (see `Producer`)."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -221,7 +223,7 @@ class StreamManager:
             ticket = await self.gate.enter(principal or owner)
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
                                idempotency_key, ticket, meter, route,
-                               principal or owner)  # fmt: skip
+                               principal or owner, restartable=restartable)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
             if ticket is not None:
@@ -294,6 +296,8 @@ class StreamManager:
         meter: Meter | None,
         route: str,
         principal: str,
+        *,
+        restartable: bool = True,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -312,7 +316,7 @@ class StreamManager:
         await self.log.create(meta)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
         telemetry.stream_started(route, stream_id, owner, request)
-        self._spawn(meta, request, None, ticket, meter, route)
+        self._spawn(meta, request, None, ticket, meter, route, restartable=restartable)
 
     def _spawn(
         self,
@@ -323,6 +327,8 @@ class StreamManager:
         meter: Meter | None = None,
         route: str = "api",
         budget_check: Callable[[], Awaitable[Meter | None]] | None = None,
+        *,
+        restartable: bool = True,
     ) -> None:
         stream_id = meta.stream_id
         producer = Producer(
@@ -338,6 +344,7 @@ class StreamManager:
             budget_check=budget_check,
             route=route,
             trace=self.tracing.stream(stream_id, request.model, takeover=answer is not None),
+            restartable=restartable,
         )
         # Every line the producer logs carries the stream's and its request's ids.
         context = telemetry.stream_context(stream_id, meta.request_id)

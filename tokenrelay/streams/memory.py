@@ -6,7 +6,7 @@ import asyncio
 
 from tokenrelay.events import TERMINAL_TYPES, Event
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import Entry, StreamMeta
+from tokenrelay.streams.log import Entry, Opening, StreamMeta
 
 
 class MemoryLog:
@@ -33,6 +33,9 @@ class MemoryLog:
             loop = asyncio.get_running_loop()
             self._expiry[stream_id] = loop.call_later(self._ttl, self._drop, stream_id)
         return seq
+
+    async def set_opening(self, stream_id: str, opening: Opening) -> None:
+        self._streams[stream_id][0].opening = opening
 
     async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
         stream = self._streams.get(stream_id)

@@ -9,7 +9,9 @@ Failures are handled here, so every provider gets the same behaviour:
   - an attempt that fails after some text is continued: on a model that accepts an
     assistant prefill, the text so far (trailing whitespace stripped, as Claude
     requires) becomes the final assistant turn and the continuation is appended to
-    the same stream; otherwise the answer restarts after a `reset` event. Up to
+    the same stream; otherwise the answer restarts after a `reset` event (a stream
+    whose reader cannot be told to reset, such as Claude's own format, ends with a
+    retryable `overloaded` error instead: never a splice). Up to
     `continuations` times. An answer that holds a thinking or tool_use block also
     restarts (a prefill cannot carry them, and Claude refuses one with thinking on).
     A cut inside a tool_use or thinking block cannot be continued and ends the
@@ -44,7 +46,7 @@ from tokenrelay.providers.base import (
     ToolUse,
     Usage,
 )
-from tokenrelay.streams.log import Entry, StreamLog, StreamTakenOver
+from tokenrelay.streams.log import Entry, Opening, StreamLog, StreamTakenOver
 
 log = logging.getLogger("tokenrelay.producer")
 
@@ -127,6 +129,12 @@ def continuation_request(request: GenerationRequest, so_far: str) -> GenerationR
     return dataclasses.replace(request, messages=messages)
 
 
+def _opening(model: str, usage: Usage) -> Opening:
+    counts = usage.as_dict()
+    del counts["output_tokens"]  # not known yet
+    return Opening(model, counts)
+
+
 def _rejects_prefill(exc: UpstreamError) -> bool:
     return exc.status == 400 and "prefill" in exc.message.lower()
 
@@ -147,9 +155,13 @@ class Producer:
         budget_check: Callable[[], Awaitable[Meter | None]] | None = None,
         route: str = "api",
         trace: StreamTrace = NO_STREAM,
+        restartable: bool = True,
     ) -> None:
         self.stream_id = stream_id
         self.route = route  # the API the stream came by, a label of its metrics
+        # False: its reader cannot be told to forget what it was shown (Claude's own
+        # format cannot say `reset`), so a failure that would restart it ends it.
+        self.restartable = restartable
         self.trace = trace
         # The stream's spending against its principal's budget, checked per token.
         self.meter = meter
@@ -277,6 +289,7 @@ class Producer:
         self._attempt_deltas = 0
         ended = False
         stop_reason: str | None = None
+        stop_sequence: str | None = None
         started = time.monotonic()
         first_delta: float | None = None  # this attempt's, for the upstream's time to it
         meter = self.meter
@@ -309,6 +322,8 @@ class Producer:
                     elif isinstance(delta, MessageStart):
                         usage = delta.usage
                         self.served_model = delta.model or self.request.model
+                        if not (parts or self._answer.blocks):  # the answer begins here
+                            await self._log.set_opening(sid, _opening(self.served_model, usage))
                         if meter and not meter.charge(self._input_micro_usd(usage)):
                             over_budget = not await meter.refill()
                             if over_budget:
@@ -330,7 +345,8 @@ class Producer:
                         await append(sid, delta)
                     elif isinstance(delta, MessageEnd):
                         usage.output_tokens = delta.output_tokens
-                        stop_reason, ended = delta.stop_reason, True
+                        stop_reason, stop_sequence = delta.stop_reason, delta.stop_sequence
+                        ended = True
                         break
         finally:
             # Without message_delta (a failure, a cancel) the deltas seen are the best
@@ -348,7 +364,7 @@ class Producer:
             await self._finish_error(meter.exceeded().message, "budget_exceeded", False)
             return True
         if ended:
-            await self._finish_done(stop_reason)
+            await self._finish_done(stop_reason, stop_sequence)
         return ended
 
     async def _recover(self, exc: UpstreamError, *, continuing: bool) -> bool:
@@ -399,6 +415,14 @@ class Producer:
         return True
 
     async def _restart(self, exc: UpstreamError) -> bool:
+        if not self.restartable:
+            await self._finish_error(
+                "The upstream failed mid-answer and this answer cannot be continued: "
+                "retry the request",
+                "overloaded",
+                True,
+            )
+            return False
         telemetry.restarted()
         log_event(
             log, "reset", level=logging.WARNING, stream_id=self.stream_id,
@@ -421,10 +445,11 @@ class Producer:
     def cost_usd(self) -> float:
         return self._models.cost_usd(self.request.model, self.usage)
 
-    async def _finish_done(self, stop_reason: str | None) -> None:
+    async def _finish_done(self, stop_reason: str | None, stop_sequence: str | None) -> None:
         self.finished = True
         self.status, self.stop_reason_text = "done", stop_reason
-        done = events.Done(stop_reason, self.usage.as_dict(), self.cost_usd)
+        usage = self.usage.as_dict()
+        done = events.Done(stop_reason, usage, self.cost_usd, stop_sequence=stop_sequence)
         await self._log.append(self.stream_id, done)
 
     async def _finish_error(self, message: str, code: str, retryable: bool) -> None:

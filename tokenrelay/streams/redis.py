@@ -38,7 +38,7 @@ from tokenrelay.events import (
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
-from tokenrelay.streams.log import Entry, StreamMeta, StreamTakenOver
+from tokenrelay.streams.log import Entry, Opening, StreamMeta, StreamTakenOver
 
 log = logging.getLogger("tokenrelay.redis")
 
@@ -86,7 +86,13 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         idempotency_key=h[b"idempotency_key"].decode() or None,
         request=_request_from(request) if request else None,
         principal=h.get(b"principal", b"").decode(),
+        opening=_opening_from(h[b"opening"]) if b"opening" in h else None,
     )
+
+
+def _opening_from(raw: bytes) -> Opening:
+    data = orjson.loads(raw)
+    return Opening(data["model"], data["usage"])
 
 
 _REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
@@ -211,6 +217,12 @@ class RedisLog:
             )
         self._next_seq[sid] = 0
         self._tails[sid] = Tail()
+
+    async def set_opening(self, stream_id: str, opening: Opening) -> None:
+        # In the write pipeline, so it reaches Redis before the entries appended after it.
+        data = orjson.dumps({"model": opening.model, "usage": opening.usage})
+        with store_errors():
+            await self._writes.submit([("HSET", keys.meta_key(stream_id), "opening", data)])
 
     async def adopt(self, stream_id: str) -> list[Entry]:
         """Take over writing a stream another process started; returns its entries."""
