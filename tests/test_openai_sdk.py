@@ -6,6 +6,7 @@ Claude's format with the official `anthropic` SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,30 @@ async def test_a_restarted_answer_ends_a_stream_with_an_error_but_not_a_whole_on
     expected = await direct(gateway, user(words), model=model)
     assert completion.choices[0].message.content == expected.text
     assert completion.usage is not None and completion.usage.completion_tokens == 5 + 15
+
+
+async def test_identical_requests_share_one_generation_then_the_cached_answer(
+    tmp_path: Path,
+) -> None:
+    prompt = unique("Shared answer [[sim:tokens=12]] [[sim:tps=40]]")
+    with run_stack(tmp_path, TOKENRELAY_CACHE_TTL="60") as stack:
+        async with async_client(stack) as sdk:
+
+            async def streamed() -> list[ChatCompletionChunk]:
+                stream = await sdk.chat.completions.create(
+                    model=MODEL, messages=user(prompt), stream=True
+                )
+                return [chunk async for chunk in stream]
+
+            # Two at once: the second joins the first's stream (one upstream call).
+            first, second = await asyncio.gather(streamed(), streamed())
+            assert stack.sim_stats()["requests"] == 1
+            # Afterwards: the answer comes from the response cache, at no cost.
+            cached = await sdk.chat.completions.create(model=MODEL, messages=user(prompt))
+            assert stack.sim_stats()["requests"] == 1
+        expected = await direct(stack, user(prompt))
+    assert content_of(first) == content_of(second) == expected.text
+    assert first[0].id == second[0].id  # one stream
+    assert cached.choices[0].message.content == expected.text
+    assert cached.id != first[0].id and cached.choices[0].finish_reason == "stop"
+    assert cached.usage is not None and cached.usage.total_tokens == 0
