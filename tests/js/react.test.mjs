@@ -91,3 +91,32 @@ test("stop() cancels on the gateway; unmounting cancels too", async () => {
   while (net2.requests.length < 2) await new Promise((r) => setTimeout(r, 5));
   assert.deepEqual(net2.requests.map((r) => r.method), ["POST", "DELETE"]);
 });
+
+test("thinking and a tool call are exposed as they stream, then the answer's blocks", async () => {
+  const tool = { id: "toolu_1", name: "weather" };
+  const events = [
+    { stream_id: ID, request_id: "r", model: "m" },
+    { thinking: "Hmm" }, { thinking_signature: "c2ln" }, { token: "Checking." },
+    { tool_use_start: tool }, { tool_input: '{"q": ' }, { tool_input: '"Oslo"}' },
+    { tool_use: { ...tool, input: { q: "Oslo" } } },
+    { ...DONE, stop_reason: "tool_use" },
+  ];
+  const body = events.map((d, seq) => `id: ${ID}:${seq}\ndata: ${JSON.stringify(d)}\n\n`).join("");
+  const net = network(body);
+  const root = render(() => useStreamingResponse({ fetch: net.fetch }));
+  assert.deepEqual([root.output.thinking, root.output.toolCalls, root.output.content],
+    ["", [], null]);
+  await root.output.start("Weather?");
+  const { thinking, toolCalls, content, stopReason, text } = root.output;
+  assert.deepEqual({ thinking, toolCalls, content, stopReason, text }, {
+    thinking: "Hmm",
+    toolCalls: [{ ...tool, inputJson: '{"q": "Oslo"}', input: { q: "Oslo" }, done: true }],
+    content: [
+      { type: "thinking", thinking: "Hmm", signature: "c2ln" },
+      { type: "text", text: "Checking." },
+      { type: "tool_use", ...tool, input: { q: "Oslo" } },
+    ],
+    stopReason: "tool_use",
+    text: "Checking.",
+  });
+});

@@ -6,7 +6,10 @@
 //   <button onClick={stop} disabled={!isStreaming}>Stop</button>
 //   <p>{text}</p>                                  // text, so React escapes it
 //
-// It resumes after drops like the client it wraps; a `reset` empties `text`. Text updates
+// Thinking and tool calls stream too: `thinking` (the text so far) and `toolCalls`
+// ([{ id, name, inputJson, input, done }], the input JSON growing, parsed once done);
+// at the end `content` holds the answer's blocks, to send back as the assistant's turn.
+// It resumes after drops like the client it wraps; a `reset` empties all of them. Updates
 // are batched to one render per animation frame. Unmounting cancels the generation.
 import { useCallback, useEffect, useRef, useState } from "react";
 
@@ -14,6 +17,10 @@ import { streamResponse } from "./tokenrelay.js";
 
 const IDLE = {
   text: "",
+  thinking: "",
+  toolCalls: [],
+  content: null,
+  stopReason: null,
   state: "idle",
   error: null,
   usage: null,
@@ -22,15 +29,18 @@ const IDLE = {
 };
 const ACTIVE = new Set(["connecting", "queued", "streaming", "reconnecting"]);
 
+// Called as plain functions: a browser's requestAnimationFrame called on anything but
+// the window throws "Illegal invocation", hence the wrappers.
 const nextFrame =
   typeof requestAnimationFrame === "function"
-    ? [requestAnimationFrame, cancelAnimationFrame]
-    : [(fn) => setTimeout(fn, 16), clearTimeout];
+    ? [(fn) => requestAnimationFrame(fn), (id) => cancelAnimationFrame(id)]
+    : [(fn) => setTimeout(fn, 16), (id) => clearTimeout(id)];
 
 /**
  * `options` are streamResponse() options shared by every start(): baseUrl, apiKey, model,
- * max_tokens, system, stallTimeout, ... Returns
- *   { text, state, error, usage, cost, streamId, isStreaming, start, stop }
+ * max_tokens, system, tools, thinking, stallTimeout, ... Returns
+ *   { text, thinking, toolCalls, content, stopReason, state, error, usage, cost, streamId,
+ *     isStreaming, start, stop }
  * start(prompt | messages | body, overrides?) begins a new answer (cancelling one still
  * running) and returns a Promise of its result; stop() cancels it on the gateway.
  */
@@ -54,14 +64,18 @@ export function useStreamingResponse(options = {}) {
           ? { messages: input }
           : input;
     let text = "";
+    let thinking = "";
+    let toolCalls = [];
     let frame = null;
     let stream = null;
     const mine = (update) => {
       if (current.current === stream) setSnapshot(update);
     };
+    // The client changes its tool calls in place: each render gets copies of its own.
+    const copies = (calls) => calls.map((call) => ({ ...call }));
     const flush = () => {
       frame = null;
-      mine((s) => ({ ...s, text }));
+      mine((s) => ({ ...s, text, thinking, toolCalls: copies(toolCalls) }));
     };
     const schedule = () => {
       if (frame === null) frame = nextFrame[0](flush);
@@ -75,8 +89,18 @@ export function useStreamingResponse(options = {}) {
         text = full;
         schedule();
       },
+      onThinking: (_, full) => {
+        thinking = full;
+        schedule();
+      },
+      onToolCall: (_, calls) => {
+        toolCalls = calls;
+        schedule();
+      },
       onReset: () => {
         text = "";
+        thinking = "";
+        toolCalls = [];
         schedule();
       },
       onEvent: (event) => {
@@ -89,6 +113,10 @@ export function useStreamingResponse(options = {}) {
       if (frame !== null) nextFrame[1](frame);
       mine({
         text: result.text,
+        thinking: result.thinking,
+        toolCalls: copies(result.toolCalls),
+        content: result.content,
+        stopReason: result.stopReason,
         state: result.state,
         error: result.error,
         usage: result.usage ?? null,

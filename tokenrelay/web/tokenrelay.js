@@ -5,6 +5,11 @@
 //   const stream = streamResponse({ prompt: "Tell me a story", onToken: (t) => out.append(t) });
 //   const result = await stream.result;   // { state: "done", text, usage, costUsd, ... }
 //
+// Tool calls and thinking stream too: `stream.toolCalls` (each { id, name, inputJson,
+// input, done }, its input JSON growing as it is generated, parsed once it is done),
+// `stream.thinking`, and `stream.content`, the answer as the Messages API's blocks
+// (thinking with its signature, text, tool_use), to send back as the assistant's turn.
+//
 // It streams with fetch (so it can send Authorization headers and POST bodies), not
 // EventSource. A dropped connection, or one silent for `stallTimeout` ms (heartbeats
 // count as activity), is resumed from the last event seen with Last-Event-ID, after an
@@ -132,12 +137,25 @@ export function parseSSE(text) {
 // ---------------------------------------------------------------------------------
 // Typed events of the `tokens` dialect
 
-/** A `tokens` dialect event, typed: `type` is one of start, queued, token, tool_use,
- * reset, done, error (or "unknown" for a shape this client does not know yet). */
+/** A `tokens` dialect event, typed: `type` is one of start, queued, token, thinking,
+ * thinking_signature, tool_use_start, tool_input, tool_use, reset, done, error (or
+ * "unknown" for a shape this client does not know yet). */
 export function toStreamEvent(id, data) {
   const colon = id.lastIndexOf(":");
   const base = { id, streamId: id.slice(0, colon), seq: Number(id.slice(colon + 1)), data };
   if (typeof data.token === "string") return { ...base, type: "token", token: data.token };
+  if (typeof data.tool_input === "string") {
+    return { ...base, type: "tool_input", partialJson: data.tool_input };
+  }
+  if (typeof data.thinking === "string") {
+    return { ...base, type: "thinking", thinking: data.thinking };
+  }
+  if (typeof data.thinking_signature === "string") {
+    return { ...base, type: "thinking_signature", signature: data.thinking_signature };
+  }
+  if (data.tool_use_start) {
+    return { ...base, type: "tool_use_start", toolUseStart: data.tool_use_start };
+  }
   if (data.done) {
     return {
       ...base,
@@ -214,24 +232,36 @@ const defaultSleep = (ms, signal) =>
 
 class Dropped extends Error {}
 
+/** A callback of the caller's threw: never taken for a network failure (a TypeError
+ * from a callback would otherwise look like fetch's, and reconnect forever). */
+export class CallbackError extends Error {
+  constructor(cause) {
+    super(`a callback threw: ${cause && cause.message}`, { cause });
+    this.name = "CallbackError";
+  }
+}
+
 const TERMINAL = new Set(["done", "failed", "stopped"]);
 const BODY_FIELDS = ["prompt", "messages", "model", "max_tokens", "system", "temperature",
-  "stop_sequences", "tools", "metadata"];
+  "stop_sequences", "tools", "tool_choice", "thinking", "metadata"];
 
 /**
  * Start a stream and follow it to its end. Options:
- *   prompt | messages, model, max_tokens, system, temperature, ...   the request body
+ *   prompt | messages, model, max_tokens, system, temperature, tools, tool_choice,
+ *   thinking, ...                                                     the request body
  *   baseUrl ("" = this page's origin), apiKey (sent as Authorization: Bearer), headers
  *   signal            an AbortSignal: stop reading (the gateway keeps generating until it
  *                     notices nobody reads; use cancel() to stop the generation itself)
  *   stallTimeout      ms without any byte (heartbeats included) before reconnecting
  *   maxReconnects     consecutive failed attempts before giving up (default 8)
  *   backoff           { initial, max } in ms, for the full-jitter exponential backoff
- *   onEvent(event), onToken(token, text), onReset(reason), onState(state),
+ *   onEvent(event), onToken(token, text), onThinking(delta, thinking),
+ *   onToolCall(toolCall, toolCalls), onReset(reason), onState(state),
  *   onDone(event, text), onError(error)                          callbacks
+ * onToolCall is called as a call opens, with each fragment of its input, and once done.
  * States: connecting, queued, streaming, reconnecting, then one of done, failed, stopped.
- * Returns a handle: { result (a Promise), cancel(), state, text, streamId }, also an
- * async iterable of the typed events.
+ * Returns a handle: { result (a Promise), cancel(), state, text, thinking, toolCalls,
+ * content, streamId }, also an async iterable of the typed events.
  */
 export function streamResponse(options) {
   return new ResponseStream(options);
@@ -244,7 +274,7 @@ export class ResponseStream {
     this.sleep = options.sleep || defaultSleep;
     this.random = options.random || Math.random;
     this.state = "connecting";
-    this.text = "";
+    this.clearAnswer();
     this.streamId = null;
     this.headerStreamId = null;
     this.lastSeq = -1;
@@ -260,6 +290,23 @@ export class ResponseStream {
       else options.signal.addEventListener("abort", () => this.stopped.abort(), { once: true });
     }
     this.result = this.run();
+  }
+
+  /** The answer so far is none: at the start, and after a `reset`. */
+  clearAnswer() {
+    this.text = "";
+    this.thinking = "";
+    this.toolCalls = [];
+    this.content = [];
+  }
+
+  /** The last block of the answer if it is an open one of `type`, else a new one. */
+  openBlock(type, make) {
+    const last = this.content[this.content.length - 1];
+    if (last && last.type === type && !last.closed) return last;
+    const block = make();
+    this.content.push(block);
+    return block;
   }
 
   /** Stop the generation on the gateway (DELETE), and stop reading. */
@@ -345,12 +392,21 @@ export class ResponseStream {
     return {
       state: this.state,
       text: this.text,
+      thinking: this.thinking,
+      toolCalls: this.toolCalls,
+      content: this.blocks(),
       streamId: this.streamId,
       error: this.error,
       done: this.final && this.final.type === "done" ? this.final : null,
+      stopReason: this.final && this.final.type === "done" ? this.final.stopReason : null,
       usage: this.final ? this.final.usage : undefined,
       costUsd: this.final ? this.final.costUsd : undefined,
     };
+  }
+
+  /** The answer as Messages API content blocks (what an assistant turn sends back). */
+  blocks() {
+    return this.content.map(({ closed, ...block }) => block);
   }
 
   /** One HTTP request: the first POST, or a resume from the last event seen. */
@@ -387,7 +443,13 @@ export class ResponseStream {
           if (done) break;
           armStall();
           for (const item of parser.push(value)) {
-            if (item.type === "event") this.receive(item);
+            if (item.type === "event") {
+              try {
+                this.receive(item);
+              } catch (err) {
+                throw new CallbackError(err);
+              }
+            }
             if (this.final) return;
           }
         }
@@ -453,11 +515,59 @@ export class ResponseStream {
         break;
       case "token":
         this.text += event.token;
+        this.openBlock("text", () => ({ type: "text", text: "" })).text += event.token;
         this.setState("streaming");
         o.onToken?.(event.token, this.text);
         break;
+      case "thinking":
+        this.thinking += event.thinking;
+        this.openBlock("thinking", () => ({ type: "thinking", thinking: "", signature: "" }))
+          .thinking += event.thinking;
+        this.setState("streaming");
+        o.onThinking?.(event.thinking, this.thinking);
+        break;
+      case "thinking_signature": {
+        // The signature closes its thinking block; Claude wants both back unchanged.
+        const block = this.openBlock("thinking", () => ({ type: "thinking", thinking: "" }));
+        block.signature = event.signature;
+        block.closed = true;
+        break;
+      }
+      case "tool_use_start": {
+        const { id, name } = event.toolUseStart;
+        const call = { id, name, inputJson: "", input: null, done: false };
+        this.toolCalls.push(call);
+        this.content.push({ type: "tool_use", id, name, input: {}, closed: true });
+        this.setState("streaming");
+        o.onToolCall?.(call, this.toolCalls);
+        break;
+      }
+      case "tool_input": {
+        const call = this.toolCalls[this.toolCalls.length - 1];
+        if (call && !call.done) {
+          call.inputJson += event.partialJson;
+          o.onToolCall?.(call, this.toolCalls);
+        }
+        break;
+      }
+      case "tool_use": {
+        const { id, name, input } = event.toolUse;
+        let call = this.toolCalls.find((c) => c.id === id);
+        if (!call) {
+          // A stream that began before this client knew the block's start.
+          call = { id, name, inputJson: JSON.stringify(input), input: null, done: false };
+          this.toolCalls.push(call);
+          this.content.push({ type: "tool_use", id, name, input: {}, closed: true });
+        }
+        call.input = input;
+        call.done = true;
+        const block = this.content.find((b) => b.type === "tool_use" && b.id === id);
+        block.input = input;
+        o.onToolCall?.(call, this.toolCalls);
+        break;
+      }
       case "reset":
-        this.text = "";
+        this.clearAnswer();
         o.onReset?.(event.reason);
         break;
       case "done":
