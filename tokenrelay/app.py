@@ -17,6 +17,7 @@ from tokenrelay.observability.exporter import metrics_server
 from tokenrelay.routes import (
     errors,
     health,
+    messages,
     metrics,
     openai_chat,
     openapi,
@@ -64,6 +65,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
+    app.include_router(messages.router)
     app.include_router(openai_chat.router)
     app.include_router(usage.router)
     app.include_router(health.router)

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import free_port, spawn
+from tests.support.processes import ROOT, free_port, spawn
+
+# Hand-written Claude streams the simulator replays verbatim.
+REPLAYS = ROOT / "tests" / "fixtures" / "replays"
 
 
 @dataclass
@@ -45,6 +48,7 @@ def run_stack(tmp: Path, *args: str, **env: str) -> Iterator[Stack]:
     gateway = f"http://127.0.0.1:{gw_port}"
     log_path = tmp / f"gateway-{gw_port}.log"
     sim_args = ["simulate", "--port", str(sim_port), "--ttft-ms", "0", "--tps", "0"]
+    sim_args += ["--replay-dir", str(REPLAYS)]  # [[sim:replay=NAME]]: a stream of tests/fixtures
     with spawn(sim_args, f"{simulator}/healthz", log_path=tmp / f"sim-{sim_port}.log"):
         gw_args = ["serve", "--port", str(gw_port), "--provider", "anthropic"]
         gw_args += ["--anthropic-base-url", simulator, *args]
