@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from tokenrelay.events import (
     ToolUse,
     ToolUseStart,
 )
+from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
 from tokenrelay.streams.memory import MemoryLog
 from tokenrelay.streams.redis import RedisLog
@@ -60,6 +62,18 @@ async def test_read_returns_entries_after_an_offset_in_order(log: StreamLog) -> 
     assert [(e.seq, e.event) for e in entries] == [(2, Text("2")), (3, Text("3")), (4, Text("4"))]
     assert await log.read(m.stream_id, 4, 0.05) == []
     assert await log.read("no-such-stream", -1, 0) is None
+    assert (await log.meta(m.stream_id)) == m
+
+
+async def test_the_meta_a_takeover_needs_comes_back_whole(log: StreamLog) -> None:
+    request = GenerationRequest(
+        model="claude-haiku-4-5", messages=[{"role": "user", "content": "Hi"}], max_tokens=64
+    )
+    m = dataclasses.replace(
+        meta("idem-1"), request=request, principal="10.0.0.7", route="messages",
+        restartable=False,
+    )  # fmt: skip
+    await log.create(m)
     assert (await log.meta(m.stream_id)) == m
 
 

@@ -88,6 +88,10 @@ class StreamMeta:
     # authentication, the client's address): a takeover meters it against the same.
     principal: str = ""
     opening: Opening | None = None
+    # The API it came by (a metrics label), and whether its reader's format can be told
+    # to reset: a takeover continues it as it began.
+    route: str = "api"
+    restartable: bool = True
 
 
 class StreamLog(Protocol):

@@ -309,6 +309,8 @@ class StreamManager:
             idempotency_key=idempotency_key,
             request=request,
             principal=principal if principal != owner else "",
+            route=route,
+            restartable=restartable,
         )
         # The lease first: a stream that is running without one is an orphan that any
         # instance's takeover scan would adopt.
@@ -430,7 +432,8 @@ class StreamManager:
         check = None
         if budgets is not None:  # its remainder is metered again, against the same budget
             check = functools.partial(budgets.check, meta.principal or meta.owner)
-        self._spawn(meta, meta.request, answer, budget_check=check)
+        self._spawn(meta, meta.request, answer, route=meta.route, budget_check=check,
+                    restartable=meta.restartable)  # fmt: skip
 
     async def stop_for_handover(self) -> list[str]:
         handed = list(self._producers)

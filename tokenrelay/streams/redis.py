@@ -70,6 +70,8 @@ def _meta_fields(meta: StreamMeta) -> dict[str, str | bytes]:
         "created_at": repr(meta.created_at),
         "idempotency_key": meta.idempotency_key or "",
         "principal": meta.principal,
+        "route": meta.route,
+        "restartable": "1" if meta.restartable else "0",
         "request": orjson.dumps(dataclasses.asdict(request)) if request else b"",
     }
 
@@ -86,6 +88,8 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         idempotency_key=h[b"idempotency_key"].decode() or None,
         request=_request_from(request) if request else None,
         principal=h.get(b"principal", b"").decode(),
+        route=h.get(b"route", b"api").decode(),
+        restartable=h.get(b"restartable", b"1") == b"1",
         opening=_opening_from(h[b"opening"]) if b"opening" in h else None,
     )
 
