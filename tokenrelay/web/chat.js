@@ -5,6 +5,10 @@ import { streamResponse } from "/tokenrelay.js";
 
 const KEY_STORAGE = "tokenrelay.apiKey";
 const MODEL_STORAGE = "tokenrelay.model";
+const THINK_STORAGE = "tokenrelay.think";
+// With "Think" on: a thinking budget, and room for the answer after it.
+const THINKING = { type: "enabled", budget_tokens: 2048 };
+const THINKING_MAX_TOKENS = 8192;
 const STATE_LABELS = {
   idle: "idle",
   connecting: "connecting…",
@@ -26,10 +30,12 @@ const ui = {
   stop: $("stop"),
   state: $("state"),
   model: $("model"),
+  think: $("think"),
   apiKey: $("api-key"),
   apiKeyField: $("api-key-field"),
   newChat: $("new-chat"),
   template: $("turn-template"),
+  toolTemplate: $("tool-template"),
 };
 
 /** The conversation so far, as the Messages API wants it: completed exchanges only. */
@@ -67,6 +73,70 @@ class AnswerView {
   }
 }
 
+/** A tool call as it forms: its name, then its input JSON as generated, then the
+ * parsed input, pretty-printed. Redrawn at most once per animation frame. */
+class ToolCallView {
+  constructor(container, call) {
+    this.root = ui.toolTemplate.content.firstElementChild.cloneNode(true);
+    this.root.querySelector(".tool-name").textContent = call.name;
+    this.state = this.root.querySelector(".tool-state");
+    this.input = this.root.querySelector(".tool-input");
+    this.call = null;
+    this.frame = 0;
+    container.append(this.root);
+  }
+
+  update(call) {
+    this.call = call;
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    const call = this.call;
+    if (!call) return;
+    const follow = nearBottom();
+    if (call.done) {
+      this.root.dataset.state = "done";
+      this.state.textContent = "called";
+      this.input.textContent = JSON.stringify(call.input, null, 2);
+    } else {
+      this.input.textContent = call.inputJson;
+    }
+    if (follow) scrollToBottom();
+  }
+}
+
+/** A turn's thinking: shown collapsed, in a <details> the user can open. */
+class ThinkingView {
+  constructor(details) {
+    this.details = details;
+    this.text = new AnswerView(details.querySelector(".thinking-text"));
+  }
+
+  append(delta) {
+    this.details.hidden = false;
+    this.details.dataset.state = "streaming";
+    this.text.append(delta);
+  }
+
+  end() {
+    if (!this.details.hidden) this.details.dataset.state = "done";
+  }
+
+  clear() {
+    this.text.clear();
+    this.details.hidden = true;
+    this.details.open = false;
+    delete this.details.dataset.state;
+  }
+
+  flush() {
+    this.text.flush();
+  }
+}
+
 function nearBottom() {
   const doc = document.scrollingElement || document.documentElement;
   return doc.scrollHeight - doc.scrollTop - doc.clientHeight < 120;
@@ -91,6 +161,8 @@ function addTurn(prompt) {
   const root = ui.template.content.firstElementChild.cloneNode(true);
   const turn = {
     root,
+    thinking: root.querySelector(".thinking"),
+    tools: root.querySelector(".tools"),
     answer: root.querySelector(".answer"),
     error: root.querySelector(".error"),
     state: root.querySelector(".turn-state"),
@@ -127,6 +199,10 @@ function formatStats(sentAt, firstAt, doneAt, done) {
 
 async function runTurn(turn, messages) {
   const view = new AnswerView(turn.answer);
+  const thinking = new ThinkingView(turn.thinking);
+  thinking.clear();
+  let tools = new Map(); // tool call id → its view
+  turn.tools.replaceChildren();
   turn.error.hidden = true;
   turn.error.textContent = "";
   turn.retry.hidden = true;
@@ -139,19 +215,35 @@ async function runTurn(turn, messages) {
   const stream = streamResponse({
     messages,
     model: ui.model.value || undefined,
+    ...(ui.think.checked ? { thinking: THINKING, max_tokens: THINKING_MAX_TOKENS } : {}),
     apiKey: ui.apiKey.value.trim() || undefined,
     onState: (state) => showState(turn, state),
     onEvent: (event) => {
       if (event.type === "queued") showState(turn, "queued", ` (#${event.position})`);
-      if (event.type === "tool_use") {
-        view.append(`\n[tool call: ${event.toolUse.name} ${JSON.stringify(event.toolUse.input)}]`);
+      if (event.type === "thinking_signature") thinking.end();
+    },
+    onThinking: (delta) => {
+      if (firstAt === null) firstAt = performance.now();
+      thinking.append(delta);
+    },
+    onToolCall: (call) => {
+      if (firstAt === null) firstAt = performance.now();
+      if (!tools.has(call.id)) {
+        view.flush(); // the text before the call is on screen before the call is
+        tools.set(call.id, new ToolCallView(turn.tools, call));
       }
+      tools.get(call.id).update(call);
     },
     onToken: (token) => {
       if (firstAt === null) firstAt = performance.now();
       view.append(token);
     },
-    onReset: () => view.clear(),
+    onReset: () => {
+      view.clear();
+      thinking.clear();
+      tools = new Map();
+      turn.tools.replaceChildren();
+    },
     onDone: (done) => {
       turn.stats.textContent = formatStats(sentAt, firstAt, performance.now(), done);
     },
@@ -166,6 +258,8 @@ async function runTurn(turn, messages) {
   current = stream;
   const result = await stream.result;
   view.flush();
+  thinking.flush();
+  for (const tool of tools.values()) tool.flush();
   current = null;
   setBusy(false);
   if (result.state === "done") {
@@ -224,8 +318,13 @@ ui.apiKey.addEventListener("input", () => {
 
 ui.model.addEventListener("change", () => sessionStorage.setItem(MODEL_STORAGE, ui.model.value));
 
+ui.think.addEventListener("change", () => {
+  sessionStorage.setItem(THINK_STORAGE, ui.think.checked ? "on" : "");
+});
+
 async function loadInfo() {
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  ui.think.checked = sessionStorage.getItem(THINK_STORAGE) === "on";
   try {
     const response = await fetch("/api/info");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
