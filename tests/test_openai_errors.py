@@ -6,6 +6,7 @@ mid-way (which never ends with `[DONE]`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support import Stack, run_stack, unique
 from tests.support.auth import api_key_auth
@@ -170,3 +173,45 @@ def test_with_auth_on_a_gateway_key_is_required_and_the_sdks_bearer_works(
         assert 1 <= int(error.response.headers["retry-after"]) <= 60
         assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
         assert stack.sim_stats()["requests"] == 2  # the refused one never reached Claude
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    ["model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+     "stop", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "n", "user"]
+)  # fmt: skip
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "x"])},
+    optional={"content": _json, "tool_calls": _json, "tool_call_id": _json},
+)
+_bodies = st.one_of(
+    st.binary(max_size=60),
+    st.dictionaries(_fields, _json, max_size=5).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries(
+        {"model": st.just(MODEL), "messages": st.lists(_message, min_size=1, max_size=4)},
+        optional={"stream": st.booleans(), "tools": _json, "tool_choice": _json, "stop": _json},
+    ).map(lambda d: json.dumps(d).encode()),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_bodies)
+def test_any_body_is_answered_cleanly_in_openais_shape(gateway: Stack, body: bytes) -> None:
+    """Whatever the body, never a 5xx: an answer, or a 4xx in OpenAI's error shape."""
+    headers = {"content-type": "application/json"}
+    with httpx.stream(
+        "POST", f"{gateway.gateway}/v1/chat/completions", content=body, headers=headers, timeout=30
+    ) as response:
+        response.read()
+    assert response.status_code < 500, response.text
+    if response.status_code == 200:
+        return
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == "invalid_request_error"

@@ -36,6 +36,7 @@ from tokenrelay.errors import GatewayError
 from tokenrelay.gateway import Gateway
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import GatewayDep, authenticate
+from tokenrelay.routes.openai_schema import REQUEST_BODY, responses
 from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.routes.streaming import Started, cache_allowed, collect, open_stream, stream_headers
 
@@ -45,7 +46,9 @@ ROUTE = "chat_completions"  # the `route` label of these streams' metrics
 RequestId = Annotated[str, Depends(request_id)]
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions", responses=responses(), openapi_extra={"requestBody": REQUEST_BODY}
+)
 async def chat_completions(request: Request, gw: GatewayDep, request_id: RequestId) -> Response:
     """OpenAI-compatible chat completions, streamed (`"stream": true`) or whole."""
     try:

@@ -151,6 +151,13 @@ def _finish(schema: dict[str, Any], models: list[str], limits: Limits) -> None:
                     "required": True,
                     "content": {"application/json": {"schema": body}},
                 }
+            if (path, method) == ("/v1/chat/completions", "post"):
+                chat = operation["requestBody"]["content"]["application/json"]["schema"]
+                chat = {**chat, "properties": {**chat["properties"], "model": model}}
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": chat}},
+                }
             for param in operation.get("parameters", ()):
                 if param["name"] == "last-event-id":
                     param["schema"] = event_id
