@@ -32,6 +32,8 @@ from tokenrelay.events import (
     Reset,
     Start,
     Text,
+    Thinking,
+    ThinkingSignature,
     ToolInput,
     ToolUse,
     ToolUseStart,
@@ -39,7 +41,7 @@ from tokenrelay.events import (
 from tokenrelay.pricing import DEFAULT_MODELS, ModelTable
 from tokenrelay.providers.base import GenerationRequest, MessageEnd, Provider, Usage
 from tokenrelay.providers.simulator import request_body
-from tokenrelay.simulator.engine import Plan, SimError, Simulator, ToolBlock
+from tokenrelay.simulator.engine import Plan, SimError, Simulator, ToolBlock, signature_of
 from tokenrelay.streams.log import Entry
 from tokenrelay.streams.manager import StreamManager
 from tokenrelay.streams.producer import RetryPolicy
@@ -317,6 +319,27 @@ async def test_a_cut_mid_text_on_a_model_without_prefill_resets_then_restarts_th
     assert len(log.entries) == 1 + 6 + 1 + 50 + 1
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 6 + 50}
     assert log.end == Done("end_turn", usage, cost(NO_PREFILL_MODEL, 2 * want.input_tokens, 56))
+
+
+async def test_a_cut_mid_text_after_thinking_restarts_the_answer_even_where_prefill_works(
+    stream_manager: StreamManager,
+) -> None:
+    # A prefill cannot carry the thinking block already sent: the answer starts again.
+    words = f"{unique('Think, then break')} [[sim:thinking=3]]"
+    prompt, want = expect(words, "[[sim:drop_after=6]] [[sim:fail_times=1]]")
+    thinking = planned(words).thinking
+    assert thinking is not None and len(thinking) == 3
+    signature = ThinkingSignature(signature_of("".join(thinking)))
+    _, log = await run(stream_manager, prompt)
+    assert log.events[1:-1] == [
+        *(Thinking(t) for t in thinking), signature, *want.deltas[:3],
+        Reset("upstream_error"),
+        *(Thinking(t) for t in thinking), signature, *want.deltas,
+    ]  # fmt: skip
+    # The cut attempt is estimated from what it sent (three thinking deltas, the
+    # signature, three words); the second reports its own.
+    usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 7 + 3 + 50}
+    assert log.end == Done("end_turn", usage, cost(MODEL, 2 * want.input_tokens, 60))
 
 
 async def test_a_prefill_the_upstream_refuses_resets_and_the_table_learns_it(
