@@ -178,6 +178,18 @@ async def test_max_completion_tokens_cuts_the_answer_with_finish_reason_length(
     assert completion.usage is not None and completion.usage.completion_tokens == 4
 
 
+async def test_temperature_and_top_p_are_sent_on_claudes_sampling_api_version(
+    gateway: Stack,
+) -> None:
+    # The SDK's own API version refuses both (the simulator too): they go on the older one.
+    prompt = unique("Tell me about valleys")
+    completion = client(gateway).chat.completions.create(
+        model=MODEL, messages=user(prompt), temperature=0.3, top_p=0.9
+    )
+    expected = await direct(gateway, user(prompt))
+    assert completion.choices[0].message.content == expected.text
+
+
 # -- tool calls -------------------------------------------------------------------
 
 
