@@ -321,3 +321,28 @@ async def test_sdk_reads_thinking_and_its_signature(sdk: anthropic.AsyncAnthropi
     )
     assert [b.type for b in whole.content] == ["thinking", "text"]
     assert whole.content[0].thinking == planned.thinking_text  # type: ignore[union-attr]
+
+
+async def test_sdk_reads_a_tool_call_tool_choice_forced(sdk: anthropic.AsyncAnthropic) -> None:
+    tools: Any = [{"name": "maps", "input_schema": {"type": "object"}},
+                  {"name": "weather", "input_schema": {"type": "object"}}]  # fmt: skip
+    messages: Any = [{"role": "user", "content": "Where? [[sim:tool=weather]]"}]
+    for choice, name in (({"type": "tool", "name": "maps"}, "maps"), ({"type": "any"}, "weather")):
+        async with sdk.messages.stream(
+            model="claude-haiku-4-5", max_tokens=1024, messages=messages, tools=tools,
+            tool_choice=choice,  # type: ignore[arg-type]
+        ) as stream:  # fmt: skip
+            message = await stream.get_final_message()
+        [tool] = message.content
+        assert tool.type == "tool_use" and tool.name == name and message.stop_reason == "tool_use"
+    none = await sdk.messages.create(
+        model="claude-haiku-4-5", max_tokens=1024, messages=messages, tools=tools,
+        tool_choice={"type": "none"},
+    )  # fmt: skip
+    assert [b.type for b in none.content] == ["text"] and none.stop_reason == "end_turn"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await sdk.messages.create(
+            model="claude-haiku-4-5", max_tokens=2048, messages=messages, tools=tools,
+            tool_choice={"type": "any"}, thinking={"type": "enabled", "budget_tokens": 1024},
+        )  # fmt: skip
+    assert "tool_choice forces tool use" in str(info.value.message)

@@ -164,6 +164,34 @@ async def test_thinking_and_a_tool_call_handed_back_with_the_signature_work(
     assert second.text == text.text  # type: ignore[union-attr]
 
 
+async def test_tool_choice_reaches_claude_a_forced_tool_comes_at_once_none_calls_none(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    maps = {**WEATHER, "name": "maps"}
+    words = unique("Where is Oslo?")
+    choice = {"type": "tool", "name": "maps"}
+    read = await start(client, {"prompt": words, "tools": [WEATHER, maps], "tool_choice": choice})
+    message = await direct_message(
+        stack.simulator, [{"role": "user", "content": words}], tools=[WEATHER, maps],
+        tool_choice=choice,
+    )  # fmt: skip
+    [tool] = message.content
+    assert tool.type == "tool_use" and tool.name == "maps"
+    fragments = of(read.events, "tool_input")
+    # Made to call it, Claude calls it straight away, without a word before.
+    assert [kind(e) for e in read.events] == [
+        "start", "tool_use_start", *["tool_input"] * len(fragments), "tool_use", "done",
+    ]  # fmt: skip
+    assert of(read.events, "tool_use") == [{"id": tool.id, "name": "maps", "input": tool.input}]
+    assert read.events[-1].data["stop_reason"] == "tool_use"
+
+    none = {"type": "none"}
+    body = {"prompt": f"{words} [[sim:tool=weather]]", "tools": [WEATHER], "tool_choice": none}
+    read = await start(client, body)
+    assert [kind(e) for e in read.events] == ["start", *["token"] * 50, "done"]
+    assert read.events[-1].data["stop_reason"] == "end_turn"
+
+
 async def test_resume_inside_a_tool_call_gives_exactly_the_rest_of_it(
     client: httpx.AsyncClient,
 ) -> None:
@@ -259,6 +287,10 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("temperature with thinking",
      {"prompt": "hi", "max_tokens": 4096, "thinking": THINK, "temperature": 0.5},
      "temperature may only be 1 (or unset) when thinking is enabled"),
+    ("thinking with a forced tool",
+     {"prompt": "hi", "max_tokens": 4096, "thinking": THINK, "tools": [WEATHER],
+      "tool_choice": {"type": "any"}},
+     "thinking cannot be on when tool_choice forces a tool (any, tool)"),
     ("thinking not an object", {"prompt": "hi", "thinking": "on"},
      "Invalid thinking: Input should be an object"),
 ]  # fmt: skip

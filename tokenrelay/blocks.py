@@ -13,7 +13,7 @@ HTTP-free, like `validation.py`, which calls these. The rules are Claude's:
   - tools have unique names, a custom tool an object `input_schema`; `tool_choice` is
     auto, any, none, or one named tool;
   - thinking is enabled with `budget_tokens` of at least 1024 and below `max_tokens`,
-    and then `temperature`, if set, is 1.
+    and then `temperature`, if set, is 1, and `tool_choice` forces no tool.
 """
 
 from __future__ import annotations
@@ -186,13 +186,20 @@ def check_tools(tools: list[dict[str, Any]] | None, tool_choice: dict[str, Any] 
 
 
 def check_thinking(
-    thinking: dict[str, Any] | None, max_tokens: int, temperature: float | None
+    thinking: dict[str, Any] | None,
+    max_tokens: int,
+    temperature: float | None,
+    tool_choice: dict[str, Any] | None = None,
 ) -> None:
     if thinking is None:
         return
     kind = thinking.get("type")
     if kind not in THINKING_TYPES:
         raise InvalidRequest("thinking.type: one of enabled, disabled, adaptive")
+    if kind == "disabled":
+        return
+    if tool_choice is not None and tool_choice.get("type") in ("any", "tool"):
+        raise InvalidRequest("thinking cannot be on when tool_choice forces a tool (any, tool)")
     if kind != "enabled":
         return
     budget = thinking.get("budget_tokens")

@@ -123,7 +123,7 @@ class RequestValidator:
         if max_tokens < 1 or max_tokens > limits.max_tokens_ceiling:
             raise InvalidRequest(f"max_tokens must be between 1 and {limits.max_tokens_ceiling}")
         check_tools(body.tools, body.tool_choice)
-        check_thinking(body.thinking, max_tokens, body.temperature)
+        check_thinking(body.thinking, max_tokens, body.temperature, body.tool_choice)
         request = GenerationRequest(
             model=model,
             messages=messages,

@@ -417,6 +417,15 @@ async def test_a_cut_inside_the_thinking_block_is_reported_as_a_cut_thinking_blo
 
 # -- both at once -----------------------------------------------------------------------
 
+
+def forced(prompt: str) -> GenerationRequest:
+    """`prompt`, with tool_choice making the model call the one tool at once."""
+    request = ask(prompt)
+    request.tools = [{"name": "maps", "input_schema": {"type": "object"}}]
+    request.tool_choice = {"type": "tool", "name": "maps"}
+    return request
+
+
 SAME_EITHER_WAY = [
     ask("Plain"),
     ask("A system-free question with more words in it [[sim:tokens=17]]"),
@@ -426,6 +435,8 @@ SAME_EITHER_WAY = [
     ask("Drop [[sim:drop_after=7]] [[sim:tool=lookup]]"),
     think("Think it over [[sim:tokens=6]]"),
     think("Think, then a tool [[sim:tool=lookup]] [[sim:error_after=10]]"),
+    forced("Where is it?"),
+    forced("Where is it, cut? [[sim:drop_after=2]]"),
     ask("Refused [[sim:status=529]]"),
     ask("Hi", model="claude-sonnet-4-6", prefill="Sure"),
 ]

@@ -218,6 +218,32 @@ def _thinking_deltas(body: dict[str, Any], directives: dict[str, Any], max_token
     return int(directives.get("thinking", DEFAULT_THINKING_DELTAS))
 
 
+def _tool_asked(
+    body: dict[str, Any], directives: dict[str, Any], thinking: int
+) -> tuple[str | None, bool]:
+    """The tool the answer calls, if any, and whether `tool_choice` forces it: `tool`
+    names it, `any` takes the directive's or the first tool, `none` calls none."""
+    named = directives.get("tool")
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "none":
+        return None, False
+    if kind not in ("tool", "any"):
+        return (named or None), False
+    if thinking and body.get("thinking") is not None:
+        raise SimError(400, "Thinking may not be enabled when tool_choice forces tool use.")
+    tools = body.get("tools") or []
+    names = [t.get("name") for t in tools if isinstance(t, dict)]
+    if kind == "tool":
+        name = choice.get("name") if isinstance(choice, dict) else None
+        if name not in names:
+            raise SimError(400, f"tool_choice: tool {name!r} not found in tools")
+        return name, True
+    if not names:
+        raise SimError(400, "tool_choice: any requires tools")
+    return (named if named in names else names[0]), True
+
+
 def _check_signatures(messages: list[dict[str, Any]]) -> None:
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -311,15 +337,16 @@ class Simulator:
             raise SimError(status, f"Simulated {error_type_for(status)}", retry_after)
 
         count = directives.get("tokens", DEFAULT_TOKENS)
-        tool_name = directives.get("tool")
+        tool_name, forced = _tool_asked(body, directives, think)
         deltas = derive_deltas(key, count)
         last = canonical["messages"][-1] if canonical["messages"] else None
         if directives.get("echo") and last and last["role"] == "user" and last["content"]:
             # A chosen answer (e.g. markup, to test that clients show it as text).
             deltas = echo_deltas(last["content"])
         tool = None
-        if isinstance(tool_name, str) and tool_name and not _hands_back_results(messages):
-            deltas = deltas[:5]
+        if tool_name and (forced or not _hands_back_results(messages)):
+            # A forced tool comes at once, as Claude's does: no words before it.
+            deltas = [] if forced else deltas[:5]
             query = "".join(derive_deltas(key + b"tool", 4)).strip(".").lower()
             tool_id = "toolu_" + hashlib.sha256(key).hexdigest()[:24]
             tool = ToolBlock(tool_id, tool_name, {"query": query})

@@ -174,7 +174,9 @@ class SimulatorApp:
     async def _complete(self, plan: Plan, send: Send, request_id: str) -> None:
         if plan.ttft_s:
             await asyncio.sleep(plan.ttft_s)
-        content: list[dict[str, Any]] = [{"type": "text", "text": plan.text}]
+        content: list[dict[str, Any]] = []
+        if plan.deltas or plan.tool is None:
+            content.append({"type": "text", "text": plan.text})
         if plan.thinking is not None:
             thinking = {"type": "thinking", "thinking": plan.thinking_text}
             content.insert(0, {**thinking, "signature": plan.signature})
@@ -274,9 +276,12 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         yield _delta(index, {"type": "signature_delta", "signature": plan.signature})
         yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
         index += 1
-    yield _block_start(index, {"type": "text", "text": ""})
-    if index == 0:
-        yield _frame("ping", {"type": "ping"})
+    # Claude opens no empty text block before a tool call it was made to make at once.
+    texts = bool(plan.deltas) or plan.tool is None
+    if texts:
+        yield _block_start(index, {"type": "text", "text": ""})
+        if index == 0:
+            yield _frame("ping", {"type": "ping"})
     text_delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,' \
                  b'"delta":{"type":"text_delta","text":' % index  # fmt: skip
     for text in plan.deltas:
@@ -288,10 +293,13 @@ def _stream_frames(plan: Plan) -> Iterator[bytes | float]:
         yield b"%b%b}}\n\n" % (text_delta, orjson.dumps(text))
         sent += 1
     if plan.tool is not None:
-        yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
-        index += 1
+        if texts:
+            yield _frame("content_block_stop", {"type": "content_block_stop", "index": index})
+            index += 1
         tool = {"type": "tool_use", "id": plan.tool.id, "name": plan.tool.name, "input": {}}
         yield _block_start(index, tool)
+        if index == 0 and not texts:  # the one ping, after the first block opens
+            yield _frame("ping", {"type": "ping"})
         for fragment in plan.tool.json_fragments():
             if (fault := plan.fault_at(sent)) is not None:
                 yield _fault_frame(fault)
