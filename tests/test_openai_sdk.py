@@ -311,29 +311,35 @@ async def test_a_drop_mid_stream_is_continued_into_one_clean_answer(tmp_path: Pa
     assert moved[key("tokenrelay_time_to_first_token_seconds_count", **labels)] == 1
 
 
-async def test_a_restarted_answer_ends_a_stream_with_an_error_but_not_a_whole_one(
-    gateway: Stack,
+async def test_an_answer_that_must_start_again_ends_a_stream_but_not_a_whole_one(
+    tmp_path: Path,
 ) -> None:
-    # claude-sonnet-4-6 takes no prefill: after a drop, the answer starts again.
+    # claude-sonnet-4-6 takes no prefill: after a drop, the answer would start again.
     model = "claude-sonnet-4-6"
     words = unique("No prefill here [[sim:tokens=15]]")
     prompt = f"{words} [[sim:drop_after=5]] [[sim:fail_times=1]]"
-    sdk = client(gateway)
-    stream = sdk.chat.completions.create(model=model, messages=user(prompt), stream=True)
-    seen: list[ChatCompletionChunk] = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in stream:
-            seen.append(chunk)
-    expected = await direct(gateway, user(words), model=model)
-    assert type(caught.value) is openai.APIError
-    assert (caught.value.type, caught.value.code) == ("server_error", "answer_restarted")
-    assert content_of(seen) == "".join(expected.deltas[:5])
-    assert all(c.choices[0].finish_reason is None for c in seen)
-    # Whole, the restart is invisible: the answer is the one that followed it.
-    words = unique("No prefill there [[sim:tokens=15]]")
-    prompt = f"{words} [[sim:drop_after=5]] [[sim:fail_times=1]]"
-    completion = sdk.chat.completions.create(model=model, messages=user(prompt))
-    expected = await direct(gateway, user(words), model=model)
+    with run_stack(tmp_path) as stack:
+        sdk = client(stack)
+        stream = sdk.chat.completions.create(model=model, messages=user(prompt), stream=True)
+        seen: list[ChatCompletionChunk] = []
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in stream:
+                seen.append(chunk)
+        # Streamed, the text sent cannot be taken back: the stream ends, no second attempt.
+        assert stack.sim_stats()["requests"] == 1
+        expected = await direct(stack, user(words), model=model)
+        assert type(caught.value) is openai.APIError
+        assert (caught.value.type, caught.value.code) == ("server_error", "overloaded")
+        assert caught.value.message == (
+            "The upstream failed mid-answer and this answer cannot be continued: retry the request"
+        )
+        assert content_of(seen) == "".join(expected.deltas[:5])
+        assert all(c.choices[0].finish_reason is None for c in seen)
+        # Whole, the restart is invisible: the answer is the one that followed it.
+        words = unique("No prefill there [[sim:tokens=15]]")
+        prompt = f"{words} [[sim:drop_after=5]] [[sim:fail_times=1]]"
+        completion = sdk.chat.completions.create(model=model, messages=user(prompt))
+        expected = await direct(stack, user(words), model=model)
     assert completion.choices[0].message.content == expected.text
     assert completion.usage is not None and completion.usage.completion_tokens == 5 + 15
 

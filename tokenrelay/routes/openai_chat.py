@@ -68,6 +68,10 @@ async def chat_completions(request: Request, gw: GatewayDep, request_id: Request
             body=raw,
             idempotency_key=key,
             use_cache=cache_allowed(request),
+            # Chunks cannot take back text already sent: a streamed answer that would
+            # have to start again ends instead (and costs no more). A whole one
+            # restarts unseen.
+            restartable=not chat.stream,
         )
     except GatewayError as exc:
         return error_response(from_gateway_error(exc), getattr(exc, "headers", None))
