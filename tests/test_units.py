@@ -46,6 +46,30 @@ def test_tokens_dialect_renders_a_batch_as_one_golden_chunk() -> None:
     )
 
 
+def test_tokens_dialect_renders_thinking_and_a_tool_call_forming_as_golden_frames() -> None:
+    dialect = TokensDialect("s1", 3000)
+    dialect.render([Entry(0, Start("s1", "req_1", "m"))])  # the first chunk, with `retry:`
+    entries = [
+        Entry(1, Thinking("Rain?")),
+        Entry(2, ThinkingSignature("c2ln")),
+        Entry(3, Text("Checking.")),
+        Entry(4, ToolUseStart("toolu_1", "weather")),
+        Entry(5, ToolInput('{"ci')),
+        Entry(6, ToolInput('ty": "Oslo"}')),
+        Entry(7, ToolUse("toolu_1", "weather", {"city": "Oslo"})),
+    ]
+    assert dialect.render(entries) == (
+        b'id: s1:1\ndata: {"thinking":"Rain?"}\n\n'
+        b'id: s1:2\ndata: {"thinking_signature":"c2ln"}\n\n'
+        b'id: s1:3\ndata: {"token":"Checking."}\n\n'
+        b'id: s1:4\ndata: {"tool_use_start":{"id":"toolu_1","name":"weather"}}\n\n'
+        b'id: s1:5\ndata: {"tool_input":"{\\"ci"}\n\n'
+        b'id: s1:6\ndata: {"tool_input":"ty\\": \\"Oslo\\"}"}\n\n'
+        b'id: s1:7\ndata: {"tool_use":{"id":"toolu_1","name":"weather",'
+        b'"input":{"city":"Oslo"}}}\n\n'
+    )
+
+
 USAGE = {"input_tokens": 12, "output_tokens": 230}
 
 
