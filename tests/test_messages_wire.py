@@ -210,3 +210,21 @@ def test_the_model_it_answers_with_is_the_one_message_start_named(stack: Stack) 
     assert message["model"] == MODEL
     assert message["id"] == f"msg_{response.headers['x-stream-id']}"
     assert response.headers["request-id"] == response.headers["x-request-id"]
+
+
+def test_a_restarted_answer_read_in_claudes_format_ends_at_the_restart(stack: Stack) -> None:
+    # Started on /api/*, which can tell its reader to reset: the answer restarts there.
+    prompt = unique(
+        "Restarted elsewhere [[sim:tokens=9]] [[sim:drop_after=3]] [[sim:fail_times=1]]"
+    )
+    api = httpx.post(
+        f"{stack.gateway}/api/stream-response", json={"prompt": prompt, "model": NO_PREFILL}
+    )
+    assert b'{"reset":true' in api.content and b'{"done":true' in api.content
+    sid = api.headers["x-stream-id"]
+    read = frames(httpx.get(f"{stack.gateway}/v1/streams/{sid}").content)
+    assert types(read) == [
+        "message_start", "content_block_start", "ping", *["content_block_delta"] * 3, "error",
+    ]  # fmt: skip
+    assert read[-1].data["error"]["type"] == "overloaded_error"
+    assert read[-1].id is None  # what follows the restart is never spliced on

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from tokenrelay.errors import ERROR_TYPES, GatewayError, Overloaded
+from tokenrelay.errors import ERROR_TYPES, GatewayError
 from tokenrelay.events import (
     Done,
     Event,
@@ -131,9 +131,14 @@ def final_usage(done: Done, opening: Opening | None) -> dict[str, int]:
     return usage
 
 
-class CannotContinue(Overloaded):
+class CannotContinue(GatewayError):
     """The answer restarted upstream after part of it was sent: Claude's format has no
-    way to take that part back."""
+    way to take that part back. (Not an `Overloaded`: that one ends a response without
+    a frame, for the client to resume elsewhere.)"""
+
+    status = 529
+    error_type = "overloaded_error"
+    retryable = True
 
 
 RESTARTED = "The upstream failed mid-answer and this model cannot continue it; retry the request"
