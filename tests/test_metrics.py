@@ -379,14 +379,16 @@ async def test_joins_and_cache_replays_are_counted_apart_from_the_streams_they_r
     with run_stack(tmp_path, TOKENRELAY_CACHE_TTL="60") as stack:
         before = scrape(stack.gateway)
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
-            first = asyncio.create_task(start(client, {"prompt": prompt}))
+            first = asyncio.create_task(start(client, {"prompt": prompt, "temperature": 0}))
             await eventually_async(
                 lambda: scrape(stack.gateway).value("tokenrelay_active_streams") == 1,
                 what="the first stream",
             )
-            joined = await start(client, {"prompt": prompt})  # while the first generates
+            joined = await start(
+                client, {"prompt": prompt, "temperature": 0}
+            )  # while the first generates
             generated = await first
-            replayed = await start(client, {"prompt": prompt})  # once it is kept
+            replayed = await start(client, {"prompt": prompt, "temperature": 0})  # once it is kept
         after = scrape(stack.gateway)
     assert joined.headers["x-stream-id"] == generated.headers["x-stream-id"]
     assert replayed.events[-1].data["cached"] is True

@@ -353,7 +353,7 @@ async def test_identical_requests_share_one_generation_then_the_cached_answer(
 
             async def streamed() -> list[ChatCompletionChunk]:
                 stream = await sdk.chat.completions.create(
-                    model=MODEL, messages=user(prompt), stream=True
+                    model=MODEL, messages=user(prompt), stream=True, temperature=0
                 )
                 return [chunk async for chunk in stream]
 
@@ -361,7 +361,9 @@ async def test_identical_requests_share_one_generation_then_the_cached_answer(
             first, second = await asyncio.gather(streamed(), streamed())
             assert stack.sim_stats()["requests"] == 1
             # Afterwards: the answer comes from the response cache, at no cost.
-            cached = await sdk.chat.completions.create(model=MODEL, messages=user(prompt))
+            cached = await sdk.chat.completions.create(
+                model=MODEL, messages=user(prompt), temperature=0
+            )
             assert stack.sim_stats()["requests"] == 1
         expected = await direct(stack, user(prompt))
     assert content_of(first) == content_of(second) == expected.text

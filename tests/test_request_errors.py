@@ -139,6 +139,27 @@ async def test_eventsource_get_without_prompt_is_400(client: httpx.AsyncClient) 
     assert assert_error(response, 400, "invalid_request_error") == (
         "max_tokens must be a positive integer"
     )
+    for temperature, message in [
+        ("1.5", "Invalid temperature: Input should be less than or equal to 1"),
+        ("warm", "Invalid temperature: Input should be a valid number, unable to parse "
+                 "string as a number"),
+    ]:  # fmt: skip
+        params = {"prompt": "a", "temperature": temperature}
+        response = await client.get("/api/stream-response", params=params)
+        assert assert_error(response, 400, "invalid_request_error") == message
+
+
+def test_a_reader_that_cannot_reset_never_joins_one_that_may() -> None:
+    from tokenrelay.providers.base import GenerationRequest
+    from tokenrelay.streams.coalesce import Coalescer
+
+    request = GenerationRequest(
+        model="claude-haiku-4-5", messages=[{"role": "user", "content": "Hi"}], max_tokens=64
+    )
+    coalescer = Coalescer("principal", guest_ttl=1)
+    may_reset, fixed = coalescer.key(request, "alice"), coalescer.key(request, "alice", False)
+    assert may_reset is not None and fixed is not None and may_reset != fixed
+    assert coalescer.key(request, "alice", False) == fixed
 
 
 async def test_unknown_route_and_wrong_method_use_the_error_shape(

@@ -86,18 +86,19 @@ class RequestValidator:
         return Parsed(self.from_body(body), use_cache=body.cache is not False)
 
     def from_query(self, params: dict[str, str]) -> GenerationRequest:
-        unknown = set(params) - {"prompt", "model", "max_tokens", "system"}
+        unknown = set(params) - {"prompt", "model", "max_tokens", "system", "temperature"}
         if unknown:
             raise InvalidRequest(f"Unknown query parameter: {sorted(unknown)[0]}")
         max_tokens = params.get("max_tokens")
         if max_tokens is not None and not (max_tokens.isascii() and max_tokens.isdigit()):
             raise InvalidRequest("max_tokens must be a positive integer")
-        body = StreamRequestBody(
-            prompt=params.get("prompt"),
-            model=params.get("model"),
-            max_tokens=int(max_tokens) if max_tokens is not None else None,
-            system=params.get("system"),
-        )
+        fields = {"prompt": params.get("prompt"), "model": params.get("model"),
+                  "system": params.get("system"), "temperature": params.get("temperature"),
+                  "max_tokens": int(max_tokens) if max_tokens is not None else None}  # fmt: skip
+        try:  # temperature as text: pydantic reads the number and checks its range
+            body = StreamRequestBody.model_validate(fields, strict=False)
+        except ValidationError as exc:
+            raise InvalidRequest(describe(exc)) from None
         return self.from_body(body)
 
     def from_body(self, body: StreamRequestBody) -> GenerationRequest:

@@ -79,7 +79,9 @@ class CachePolicy:
         """The cache key of a request, or None when it may not use the cache."""
         if not self.ttl:
             return None
-        if request.temperature and not self.sampled:
+        # Claude samples at temperature 1 unless told otherwise: only an answer asked for
+        # at temperature 0 is the answer the same request would get again.
+        if request.temperature != 0 and not self.sampled:
             return None
         scope = owner if self.scope == "principal" else "*"
         return scope.encode() + b"\x00" + request_key(request)

@@ -39,10 +39,15 @@ class Coalescer:
         # Principals reading a stream they do not own (global scope), while its log lives.
         self._guests: dict[str, set[str]] = {}
 
-    def key(self, request: GenerationRequest, owner: str) -> tuple[str, bytes] | None:
+    def key(
+        self, request: GenerationRequest, owner: str, restartable: bool = True
+    ) -> tuple[str, bytes] | None:
+        """`restartable` is part of the key: a reader that cannot be told to reset must
+        not join a stream that may reset, nor the other way round."""
         if self.scope == "off":
             return None
-        return (owner if self.scope == "principal" else "*", request_key(request))
+        scope = owner if self.scope == "principal" else "*"
+        return (scope, request_key(request) + (b"" if restartable else b"\x00fixed"))
 
     async def join(self, key: tuple[str, bytes], principal: str) -> str | None:
         """The running stream an identical request joins, if there is one, once it

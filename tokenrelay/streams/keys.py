@@ -11,8 +11,9 @@ tr:s:{id}:log      Redis Stream of the stream's normalized events (`tokenrelay.e
                         done: {"stop_reason", "usage", "cost_usd", "cached"}
 tr:s:{id}:meta     hash: owner, request_id, model, fingerprint, created_at,
                    idempotency_key, principal, route, restartable ("1"/"0"), request
-                   (the GenerationRequest as JSON, for takeover), opening (set before the first content: {"model", "usage"},
-                   how the upstream's message began)
+                   (the GenerationRequest as JSON, for takeover), opening (set before
+                   the first content: {"model", "usage"}, how the upstream's message
+                   began)
 tr:s:{id}:lease    the instance producing the stream; expires unless renewed
 tr:s:{id}:seen     epoch seconds a reader of the stream was last seen, on any instance
 tr:idem:{owner}:{key}  "stream_id fingerprint" of an Idempotency-Key

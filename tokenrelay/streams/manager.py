@@ -194,7 +194,7 @@ class StreamManager:
                 self._settle(on_end, 0)
                 return await self._replay(cached, request, owner, request_id, body_fingerprint)
         if idempotency_key is None:  # an explicit key says which stream it means
-            coalesce_key = self._coalescer.key(request, owner)
+            coalesce_key = self._coalescer.key(request, owner, restartable)
             if coalesce_key is not None:
                 joined = await self._coalescer.join(coalesce_key, owner)
                 if joined is not None:
