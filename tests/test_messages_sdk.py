@@ -266,3 +266,15 @@ def test_a_failure_once_the_answer_started_raises_from_the_stream(stack: Stack) 
     assert raised.value.type == "overloaded_error"
     assert len(seen) == 5 and text(partial) == "".join(seen)
     assert partial.stop_reason is None  # never a complete-looking message
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_an_overloaded_upstream_is_retried_before_the_first_token(stack: Stack, style: str) -> None:
+    prompt = unique(f"Busy at first, {style} [[sim:tokens=8]]")
+    before = stack.sim_stats()["requests"]
+    with gateway_sync(stack) as client:
+        got = sync_message(
+            client, style, params(prompt + " [[sim:status=529]] [[sim:fail_times=2]]")
+        )
+    assert stack.sim_stats()["requests"] == before + 3  # two refusals, then the answer
+    same_message(got, direct(stack, params(prompt + " [[sim:status=529]] [[sim:fail_times=2]]")))
