@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.support import FAST_GATEWAY_ENV, Stack, assert_error, run_stack, unique
+from tests.support import FAST_GATEWAY_ENV, Stack, assert_error, eventually, run_stack, unique
 from tests.support.auth import create_key
 from tests.support.claude_wire import MODEL, body, frames, post, text_of
 from tokenrelay.pricing import DEFAULT_MODELS
@@ -27,6 +27,7 @@ class Keys:
     alice: str
     bob: str
     limited: str  # one request a minute
+    ledger: str  # whose usage one test reads
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
         create_key(keys_file, "alice"),
         create_key(keys_file, "bob"),
         create_key(keys_file, "carol", "--rpm", "1"),
+        create_key(keys_file, "dave"),
     )
     return keys_file, made
 
@@ -163,3 +165,21 @@ def test_count_tokens_is_the_upstreams_count(stack: Stack, key: Keys) -> None:
         direct = sim.messages.count_tokens(model=MODEL, messages=conversation)  # type: ignore[arg-type]
     assert counted.input_tokens == direct.input_tokens == answered.usage.input_tokens
     assert counted.input_tokens > 0
+
+
+def test_a_messages_stream_is_accounted_like_any_other(stack: Stack, key: Keys) -> None:
+    prompt = unique("Accounted [[sim:tokens=16]] [[sim:drop_after=5]] [[sim:fail_times=1]]")
+    answered = post(stack.gateway, body(prompt, stream=False), **{"x-api-key": key.ledger})
+    message = answered.json()
+
+    def usage() -> dict[str, object]:
+        got = httpx.get(f"{stack.gateway}/api/usage", headers={"x-api-key": key.ledger})
+        return got.json()  # type: ignore[no-any-return]
+
+    eventually(lambda: usage()["totals"]["streams"] == 1, what="the stream's ledger row")  # type: ignore[index]
+    (row,) = usage()["rows"]  # type: ignore[misc]
+    assert row["stream_id"] == answered.headers["x-stream-id"]
+    assert (row["principal"], row["model"], row["status"]) == ("dave", MODEL, "done")
+    assert row["continuations"] == 1
+    assert row["input_tokens"] == message["usage"]["input_tokens"]
+    assert row["output_tokens"] == message["usage"]["output_tokens"] == 16
