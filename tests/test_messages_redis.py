@@ -5,6 +5,7 @@ reads the same, byte for byte, from the other, from the start or resumed mid-way
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "replays" / "every-event.sse"
 @dataclass
 class Pair:
     simulator: str
+    redis: str
     first: str
     second: str
 
@@ -46,7 +48,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             log = tmp / f"gateway-{port}.log"
             stack.enter_context(spawn(args, f"{url}/readyz", env=FAST_GATEWAY_ENV, log_path=log))
             urls.append(url)
-        yield Pair(simulator, *urls)
+        yield Pair(simulator, redis.url, *urls)
 
 
 def test_the_replayed_stream_passes_through_byte_for_byte_on_redis(pair: Pair) -> None:
@@ -79,3 +81,37 @@ async def test_a_stream_started_on_one_instance_resumes_on_the_other(pair: Pair)
     assert seen + frames(rest.content) == frames(whole.content)
     direct = post(pair.simulator, body(prompt))
     assert without_ids(whole.content) == without_ids(direct.content)
+
+
+async def test_an_instance_that_shuts_down_mid_stream_ends_it_with_an_error(
+    pair: Pair,
+) -> None:
+    port = free_port()
+    third = f"http://127.0.0.1:{port}"
+    args = ["serve", "--port", str(port), "--provider", "anthropic"]
+    args += ["--anthropic-base-url", pair.simulator, "--store", pair.redis]
+    live = body(unique("Read elsewhere [[sim:tokens=300]] [[sim:tps=60]]"))
+    seen: list[Frame] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        with spawn(args, f"{third}/readyz", env=FAST_GATEWAY_ENV) as proc:
+            # Produced on the first instance, read on the third, which then shuts down.
+            async with client.stream("POST", f"{pair.first}/v1/messages", json=live) as started:
+                sid = started.headers["x-stream-id"]
+                async with client.stream("GET", f"{third}/v1/streams/{sid}") as elsewhere:
+                    buffer = b""
+                    async for chunk in elsewhere.aiter_bytes():
+                        complete, _, buffer = (buffer + chunk).rpartition(b"\n\n")
+                        seen += frames(complete + b"\n\n") if complete else []
+                        if proc.poll() is None and len(seen) > 6:
+                            proc.send_signal(signal.SIGTERM)  # it drains and ends its readers
+                await started.aread()
+            assert proc.wait(timeout=15) == 0
+        last = [f.id for f in seen if f.id is not None][-1]
+        resume = f"{pair.second}/v1/streams/{sid}"
+        rest = await client.get(resume, headers={"last-event-id": last})
+        whole = await client.get(resume)
+    error = seen.pop()
+    assert error.type == "error" and error.id is None  # never an end that looks whole
+    assert error.data["error"]["type"] == "overloaded_error"
+    assert "message_stop" not in [f.type for f in seen]
+    assert seen + frames(rest.content) == frames(whole.content)  # resumed where it broke

@@ -155,6 +155,7 @@ class AnthropicDialect:
     __slots__ = (
         "_after",
         "_block",
+        "_ended",
         "_index",
         "_pending",
         "_prefix",
@@ -180,10 +181,16 @@ class AnthropicDialect:
         self._signed = False  # the open thinking block has its signature
         self._tool_id = ""
         self._pending = b""  # rendered before a failure the next error() reports
+        self._ended = False  # the stream's end (or an error) was rendered
 
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def ended(self) -> bool:
+        """Whether the response has its end: the stream's own, or an error frame."""
+        return self._ended
 
     def render(self, entries: Sequence[Entry]) -> bytes:
         out: list[bytes] = []
@@ -207,6 +214,7 @@ class AnthropicDialect:
         """An error event after whatever the batch it interrupted had rendered. No `id`:
         a client resuming asks from the last event it really got."""
         pending, self._pending = self._pending, b""
+        self._ended = True
         return pending + error_frame(error.error_type, error.message, self._request_id) + b"\n\n"
 
     # -- one entry's frames (each without its blank line) -------------------------
@@ -236,9 +244,11 @@ class AnthropicDialect:
             return self._whole_tool(event)
         if kind is Done:
             assert isinstance(event, Done)
+            self._ended = True
             return [*self._close(), *self._message_start(), *_message_end(event, self.opening)]
         if kind is Failed:
             assert isinstance(event, Failed)
+            self._ended = True
             return [error_frame(error_type_of(event.code), event.message, self._request_id)]
         if kind is Start:
             assert isinstance(event, Start)

@@ -16,11 +16,12 @@ producer would restart it, it ends it with an `overloaded_error` instead.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
+from structlog.contextvars import bind_contextvars
 
 from tokenrelay.dialects.anthropic import AnthropicDialect
 from tokenrelay.dialects.anthropic_message import (
@@ -38,14 +39,13 @@ from tokenrelay.middleware.request_id import request_id
 from tokenrelay.models_list import model_info, models_page
 from tokenrelay.routes.deps import Caller, GatewayDep
 from tokenrelay.routes.openapi import SSE_OK, errors
-from tokenrelay.routes.sse import SSEResponse
+from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
     Started,
     cache_allowed,
     collect,
     open_stream,
     parse_after,
-    respond,
     resume_delivery,
     stream_headers,
 )
@@ -56,6 +56,10 @@ router = APIRouter()
 ROUTE = "messages"  # the `route` label of these streams' metrics
 RequestId = Annotated[str, Depends(request_id)]
 ENDED_EARLY = "Server shutting down; retry the request"
+INTERRUPTED = (
+    "Server shutting down mid-stream: resume it (GET /v1/streams/{id} after the last "
+    "event id) or retry the request"
+)
 
 
 @router.post("/v1/messages", responses={**SSE_OK, **errors(400, 401, 404, 413, 422, 429, 503)})
@@ -86,11 +90,26 @@ async def create_message(
 
 
 async def _streamed(gw: Gateway, started: Started, headers: dict[str, str]) -> SSEResponse:
-    dialect = await _dialect_when_answering(gw, started.stream_id, -1, headers)
-    return respond(
-        gw, started.stream_id, -1, dialect, started.admission, started.first_text,
-        started.delivery, {"request-id": headers["request-id"]},
-    )  # fmt: skip
+    stream_id = started.stream_id
+    dialect = await _dialect_when_answering(gw, stream_id, -1, headers)
+    bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
+    frames = stream_frames(gw.manager, stream_id, -1, dialect, started.first_text, started.delivery)
+    return SSEResponse(_to_its_end(frames, dialect), headers)
+
+
+async def _to_its_end(
+    frames: AsyncIterator[bytes], dialect: AnthropicDialect
+) -> AsyncIterator[bytes]:
+    """The stream's frames, and an error if they stop short of its end (this instance
+    shuts down; the stream goes on elsewhere): the SDKs do not resume, and a response
+    that just stopped would look whole to them."""
+    try:
+        async for chunk in frames:
+            yield chunk
+        if not dialect.ended:
+            yield dialect.error(Overloaded(INTERRUPTED))
+    finally:
+        await cast(AsyncGenerator[bytes, None], frames).aclose()
 
 
 @router.get("/v1/streams/{stream_id}", responses={**SSE_OK, **errors(400, 401, 404, 503)})
@@ -111,7 +130,9 @@ async def resume_message_stream(
     trace = await resume_delivery(gw, caller, stream_id, after, request.headers)
     headers = stream_headers(gw, stream_id)
     dialect = await _dialect_when_answering(gw, stream_id, after, headers)
-    return respond(gw, stream_id, -1, dialect, trace=trace)
+    bind_contextvars(stream_id=stream_id)
+    frames = stream_frames(gw.manager, stream_id, -1, dialect, trace=trace)
+    return SSEResponse(_to_its_end(frames, dialect), headers)
 
 
 async def _dialect_when_answering(
