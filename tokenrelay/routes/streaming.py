@@ -15,7 +15,7 @@ or, without streaming, `entries = await collect(gw, started.stream_id)`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -187,13 +187,11 @@ def respond(
     admission: Admission = UNLIMITED,
     first_text: Callable[[], None] | None = None,
     trace: Delivery = NO_DELIVERY,
-    headers: Mapping[str, str] | None = None,
 ) -> SSEResponse:
-    """The stream's entries after `after` as an SSE response in `dialect`, with the
-    stream's headers (and `headers`)."""
+    """The stream's entries after `after` as an SSE response in `dialect`."""
     bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
     frames = stream_frames(gw.manager, stream_id, after, dialect, first_text, trace)
-    return SSEResponse(frames, {**stream_headers(gw, stream_id, admission), **(headers or {})})
+    return SSEResponse(frames, stream_headers(gw, stream_id, admission))
 
 
 def respond_started(gw: Gateway, started: Started, dialect: Dialect) -> SSEResponse:
