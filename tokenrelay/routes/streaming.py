@@ -7,7 +7,7 @@ A route parses its own request format into a `GenerationRequest`, then:
 
     started = await open_stream(gw, request, caller, request_id, generation,
                                 route="messages", body=raw)
-    return respond(gw, started, SomeDialect(started.stream_id, ...))
+    return respond_started(gw, started, SomeDialect(started.stream_id, ...))
 
 or, without streaming, `entries = await collect(gw, started.stream_id)`.
 """
