@@ -38,7 +38,7 @@ from tokenrelay.messages_request import ModelNotFound, parse_count_tokens, parse
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.models_list import model_info, models_page
 from tokenrelay.routes.deps import Caller, GatewayDep
-from tokenrelay.routes.openapi import SSE_OK, errors
+from tokenrelay.routes.openapi import CLAUDE_MESSAGE_OK, CLAUDE_SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
     Started,
@@ -62,7 +62,9 @@ INTERRUPTED = (
 )
 
 
-@router.post("/v1/messages", responses={**SSE_OK, **errors(400, 401, 404, 413, 422, 429, 503)})
+@router.post(
+    "/v1/messages", responses={**CLAUDE_MESSAGE_OK, **errors(400, 401, 404, 413, 422, 429, 503)}
+)
 async def create_message(
     request: Request,
     gw: GatewayDep,
@@ -112,7 +114,7 @@ async def _to_its_end(
         await cast(AsyncGenerator[bytes, None], frames).aclose()
 
 
-@router.get("/v1/streams/{stream_id}", responses={**SSE_OK, **errors(400, 401, 404, 503)})
+@router.get("/v1/streams/{stream_id}", responses={**CLAUDE_SSE_OK, **errors(400, 401, 404, 503)})
 async def resume_message_stream(
     request: Request,
     gw: GatewayDep,

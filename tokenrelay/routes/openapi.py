@@ -105,6 +105,58 @@ SSE_OK: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": SSE_EVENT}},
     },
 }
+_CLAUDE_EVENTS = [
+    "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+    "message_delta", "message_stop", "ping", "error",
+]  # fmt: skip
+CLAUDE_SSE_EVENT: dict[str, Any] = {
+    "description": (
+        "One event of Claude's stream (ANTHROPIC-PROTOCOL.md): `event: <type>`, its JSON "
+        "in `data` with the same `type`; an entry's last frame carries "
+        "`id: <stream_id>:<seq>`, for a resume."
+    ),
+    **_obj(
+        {
+            "event": {"enum": _CLAUDE_EVENTS},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _obj({"type": {"enum": _CLAUDE_EVENTS}}),
+            },
+        },
+        id={"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}:[0-9]+$"},
+        retry={"type": "integer", "minimum": 0},
+    ),
+}
+# A /v1/messages stream's resume: Claude's own events.
+CLAUDE_SSE_OK: dict[int | str, dict[str, Any]] = {
+    "200": {
+        "description": "Claude's `text/event-stream`.",
+        "content": {"text/event-stream": {"schema": CLAUDE_SSE_EVENT}},
+    },
+}
+# POST /v1/messages: the stream, or (`"stream": false`) the whole Message.
+CLAUDE_MESSAGE_OK: dict[int | str, dict[str, Any]] = {
+    "200": {
+        "description": "Claude's `text/event-stream`, or the Message JSON when not streamed.",
+        "content": {
+            "text/event-stream": {"schema": CLAUDE_SSE_EVENT},
+            "application/json": {
+                "schema": _obj(
+                    {
+                        "id": _STR,
+                        "type": {"const": "message"},
+                        "role": {"const": "assistant"},
+                        "model": _STR,
+                        "content": {"type": "array"},
+                        "stop_reason": {"type": ["string", "null"]},
+                        "usage": _USAGE,
+                    }
+                )
+            },
+        },
+    },
+}
 
 
 def stream_request_body() -> tuple[dict[str, Any], dict[str, Any]]:
