@@ -6,7 +6,6 @@ curl one. What they print is checked against the simulator's own answers."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,8 +17,8 @@ import pytest
 
 from tests.support import ROOT, Stack, run_stack
 from tests.support.claude_wire import body, post, without_ids
+from tests.support.docs import DOCS_URL, code_block, run, section
 
-DOCS_URL = "http://127.0.0.1:8080"
 MODEL = "claude-haiku-4-5"
 WEATHER = {
     "name": "get_weather",
@@ -28,36 +27,10 @@ WEATHER = {
 }
 
 
-def section(title: str) -> str:
-    text = (ROOT / "docs" / "sdk.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
-
-
-def code_block(text: str, language: str) -> str:
-    match = re.search(rf"^```{language}\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
-    assert match is not None, f"no {language} block"
-    return match.group(1)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with run_stack(tmp_path_factory.mktemp("messages-docs")) as running:
         yield running
-
-
-def run(args: list[str], code: str, stack: Stack) -> str:
-    assert DOCS_URL in code
-    done = subprocess.run(
-        [*args, code.replace(DOCS_URL, stack.gateway)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def direct(stack: Stack, **params: Any) -> anthropic.types.Message:

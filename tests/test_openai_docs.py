@@ -6,49 +6,20 @@ simulator's own answers."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ROOT, Stack, run_stack
+from tests.support import Stack, run_stack
 from tests.support.direct import direct
-
-DOCS_URL = "http://127.0.0.1:8080"
-
-
-def section(title: str) -> str:
-    text = (ROOT / "docs" / "sdk.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
-
-
-def code_block(text: str, language: str) -> str:
-    match = re.search(rf"^```{language}\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
-    assert match is not None, f"no {language} block"
-    return match.group(1)
+from tests.support.docs import code_block, run, section
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with run_stack(tmp_path_factory.mktemp("openai_docs")) as stack:
         yield stack
-
-
-def run(args: list[str], code: str, stack: Stack) -> str:
-    assert DOCS_URL in code
-    done = subprocess.run(
-        [*args, code.replace(DOCS_URL, stack.gateway)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 async def test_the_python_example_streams_calls_a_tool_and_answers_its_result(

@@ -13,6 +13,7 @@ only define fixtures):
     auth        API keys, JWTs and a JWKS endpoint
     proxy       a TCP proxy that cuts connections
     browser     the chat page in Chromium (imported by the browser tests only)
+    docs        docs/sdk.md's code blocks, run against a test's gateway
 """
 
 from tests.support.answers import direct_text, unique
