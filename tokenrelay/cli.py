@@ -127,13 +127,34 @@ def simulate(
     replay_dir: str = typer.Option(
         None, help="Where [[sim:replay=NAME]] finds NAME.sse, a Claude stream sent verbatim."
     ),
+    rpm: int = typer.Option(0, min=0, help="Requests a window (0: unlimited), as Claude limits."),
+    tpm: int = typer.Option(
+        0, min=0, help="Tokens a window, input plus max_tokens (0: unlimited)."
+    ),
+    rate_window: float = typer.Option(60.0, min=0.001, help="Seconds a rate-limit window lasts."),
+    models: str = typer.Option(
+        None, help="The only models served, comma-separated (default: all); others get 404."
+    ),
 ) -> None:
     """Run the built-in Claude simulator as a standalone Messages API server."""
     from pathlib import Path
 
+    from tokenrelay.pricing import ModelTable
+    from tokenrelay.simulator.control import RateLimits
     from tokenrelay.simulator.server import run
 
-    run(host, port, ttft_ms=ttft_ms, tps=tps, replay_dir=Path(replay_dir) if replay_dir else None)
+    served = None
+    if models is not None:
+        served = frozenset(m.strip() for m in models.split(",") if m.strip())
+        unknown = sorted(served - set(ModelTable().models))
+        if unknown or not served:
+            problem = f"unknown model {', '.join(unknown)}" if unknown else "no model named"
+            raise typer.BadParameter(problem, param_hint="--models")
+    run(
+        host, port, ttft_ms=ttft_ms, tps=tps,
+        replay_dir=Path(replay_dir) if replay_dir else None,
+        limits=RateLimits(rpm, tpm, rate_window), models=served,
+    )  # fmt: skip
 
 
 @app.command()

@@ -294,17 +294,21 @@ def echo_deltas(text: str) -> list[str]:
 
 class Simulator:
     def __init__(
-        self, *, ttft_ms: int = 300, tps: float = 60.0, models: ModelTable | None = None
-    ) -> None:
+        self, *, ttft_ms: int = 300, tps: float = 60.0, models: ModelTable | None = None,
+        served: frozenset[str] | None = None,
+    ) -> None:  # fmt: skip
         self.ttft_ms = ttft_ms
         self.tps = tps
         self.models = models or ModelTable()
+        # The models this deployment serves (None: every one it knows); another is as
+        # unknown to it as a made-up id.
+        self.served = served
         self._attempts: OrderedDict[bytes, int] = OrderedDict()
 
     def plan(self, body: dict[str, Any]) -> Plan:
         """The answer to a Messages API request body; raises SimError for an HTTP error."""
         model, messages, max_tokens = _required(body)
-        if model not in self.models:
+        if not self.serves(model):
             raise SimError(404, f"model: {model}")
         directives = _directives(body)
         prefill: str | None = None
@@ -383,7 +387,7 @@ class Simulator:
         model, messages = body.get("model"), body.get("messages")
         if not isinstance(model, str) or not model:
             raise SimError(400, "model: Field required")
-        if model not in self.models:
+        if not self.serves(model):
             raise SimError(404, f"model: {model}")
         if not isinstance(messages, list) or not messages:
             raise SimError(400, "messages: Field required")
@@ -391,12 +395,20 @@ class Simulator:
             raise SimError(400, "messages: invalid message")
         return _input_tokens(messages, _clean(_text_of(body.get("system"))))
 
+    def serves(self, model: str) -> bool:
+        return model in self.models and (self.served is None or model in self.served)
+
     def _count_attempt(self, key: bytes) -> int:
         attempt = self._attempts.pop(key, 0) + 1
         self._attempts[key] = attempt
         if len(self._attempts) > 100_000:  # bounded: forget the oldest requests
             self._attempts.popitem(last=False)
         return attempt
+
+
+def input_tokens(messages: list[dict[str, Any]], system: object) -> int:
+    """The input tokens of `messages` with a `system` prompt (a string, or blocks)."""
+    return _input_tokens(messages, _clean(_text_of(system)))
 
 
 def _input_tokens(messages: list[dict[str, Any]], system: str) -> int:

@@ -7,6 +7,10 @@ tests can see, for instance, that a cancelled stream's connection really went aw
 `GET /_sim/traceparents` lists the `traceparent` headers the latest requests carried
 (oldest first), so they can follow a trace into the upstream.
 
+As one deployment of a gateway's pool it has Claude's rate limits and their headers,
+serves only the models it is told to, and takes faults from `POST /_sim/fault` (see
+control.py), applied before anything the prompt asks; `POST /_sim/reset` starts it afresh.
+
 Plain ASGI rather than a framework: it is also the fast fake upstream of benchmarks,
 so each delta costs one pre-formatted write.
 """
@@ -19,7 +23,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ import orjson
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
+from tokenrelay.simulator.control import Faults, Header, RateLimits, admission_tokens
 from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator
 from tokenrelay.simulator.replay import Replays, requested
 
@@ -45,6 +50,14 @@ class Stats:
     completed: int = 0
     disconnected: int = 0
     errors: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)  # /v1/messages requests
+    statuses: dict[int, int] = field(default_factory=dict)  # /v1/messages answers
+
+    def reset(self) -> None:
+        """Every count back to zero; `active` is not a count but what is going on."""
+        self.requests = self.completed = self.disconnected = self.errors = 0
+        self.by_model.clear()
+        self.statuses.clear()
 
 
 def _frame(event: str, data: dict[str, Any]) -> bytes:
@@ -62,9 +75,14 @@ def _error_json(error_type: str, message: str, request_id: str) -> bytes:
 
 
 class SimulatorApp:
-    def __init__(self, simulator: Simulator, replays: Replays | None = None) -> None:
+    def __init__(
+        self, simulator: Simulator, replays: Replays | None = None,
+        limits: RateLimits | None = None,
+    ) -> None:  # fmt: skip
         self.simulator = simulator
         self.replays = replays
+        self.limits = limits or RateLimits()
+        self.faults = Faults()
         self.stats = Stats()
         self.traceparents: deque[str] = deque(maxlen=1000)
         # The credentials the latest requests came with, oldest first: a test can see
@@ -86,7 +104,15 @@ class SimulatorApp:
         elif path == "/healthz" and method == "GET":
             await _json(send, 200, b'{"status":"ok"}', request_id)
         elif path == "/_sim/stats" and method == "GET":
-            await _json(send, 200, orjson.dumps(asdict(self.stats)), request_id)
+            stats = orjson.dumps(asdict(self.stats), option=orjson.OPT_NON_STR_KEYS)
+            await _json(send, 200, stats, request_id)
+        elif path == "/_sim/fault":
+            await self._fault(method, receive, send, request_id)
+        elif path == "/_sim/reset" and method == "POST":
+            self.stats.reset()
+            self.limits.reset()
+            self.faults.clear()
+            await _json(send, 200, b'{"status":"ok"}', request_id)
         elif path == "/_sim/traceparents" and method == "GET":
             await _json(send, 200, orjson.dumps(list(self.traceparents)), request_id)
         elif path == "/_sim/api_keys" and method == "GET":
@@ -96,24 +122,61 @@ class SimulatorApp:
                 send, 404, _error_json("not_found_error", "Not found", request_id), request_id
             )
 
+    async def _fault(self, method: str, receive: Receive, send: Send, request_id: str) -> None:
+        """The control route: `POST` sets the fault in force, `DELETE` clears it, `GET`
+        shows it (what is left of its count or its seconds)."""
+        if method == "POST":
+            try:
+                self.faults.set(orjson.loads(await _read_body(receive)))
+            except orjson.JSONDecodeError:
+                err = _error_json("invalid_request_error", "Request body is not valid JSON",
+                                  request_id)  # fmt: skip
+                await _json(send, 400, err, request_id)
+                return
+            except SimError as exc:
+                err = _error_json(exc.error_type, exc.message, request_id)
+                await _json(send, exc.status, err, request_id)
+                return
+        elif method == "DELETE":
+            self.faults.clear()
+        elif method != "GET":
+            err = _error_json("not_found_error", "Not found", request_id)
+            await _json(send, 404, err, request_id)
+            return
+        await _json(send, 200, orjson.dumps({"fault": self.faults.describe()}), request_id)
+
     async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        self.stats.requests += 1
+        stats = self.stats
+        stats.requests += 1
         raw = await _read_body(receive)
         headers = dict(scope["headers"])
         traceparent = headers.get(b"traceparent")
         if traceparent is not None:
             self.traceparents.append(traceparent.decode("latin-1"))
         self._note_key(headers)
+        limits = self.limits
+        extra: list[Header] = []
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
                 raise SimError(400, "Request body must be a JSON object")
+            model = body.get("model")
+            if isinstance(model, str):
+                stats.by_model[model] = stats.by_model.get(model, 0) + 1
+            # A deployment that is down answers so before it counts anything.
+            if (down := self.faults.error()) is not None:
+                extra = limits.headers()
+                raise down
+            if limits.enabled:
+                extra, refused = limits.admit(admission_tokens(body))
+                if refused is not None:
+                    raise refused
             replay = requested(body)
             if replay is not None:
                 if self.replays is None:
                     raise SimError(400, "replays need tokenrelay simulate --replay-dir")
                 events = self.replays.events(replay, body)
-                await self._stream_events(events, send, request_id)
+                await self._stream_events(events, send, request_id, extra)
                 return
             version = headers.get(b"anthropic-version", b"").decode()
             if version in NO_SAMPLING_VERSIONS:
@@ -122,20 +185,26 @@ class SimulatorApp:
                         raise SimError(400, f"{name}: not supported by anthropic-version {version}")
             plan = self.simulator.plan(body)
         except orjson.JSONDecodeError:
-            self.stats.errors += 1
+            stats.errors += 1
+            stats.statuses[400] = stats.statuses.get(400, 0) + 1
             err = _error_json("invalid_request_error", "Request body is not valid JSON", request_id)
-            await _json(send, 400, err, request_id)
+            await _json(send, 400, err, request_id, limits.headers())
             return
         except SimError as exc:
-            self.stats.errors += 1
-            extra = [(b"retry-after", b"%d" % exc.retry_after)] if exc.retry_after else []
+            stats.errors += 1
+            stats.statuses[exc.status] = stats.statuses.get(exc.status, 0) + 1
+            if exc.retry_after:
+                extra = [*extra, (b"retry-after", b"%d" % exc.retry_after)]
             err = _error_json(exc.error_type, exc.message, request_id)
             await _json(send, exc.status, err, request_id, extra)
             return
+        stats.statuses[200] = stats.statuses.get(200, 0) + 1
         if body.get("stream"):
-            await self._stream(plan, receive, send, request_id)
+            if (broken := self.faults.mid_stream()) is not None:
+                _break_at(plan, *broken)
+            await self._stream(plan, receive, send, request_id, extra)
         else:
-            await self._complete(plan, send, request_id)
+            await self._complete(plan, send, request_id, extra)
 
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -161,17 +230,20 @@ class SimulatorApp:
         if key is not None:
             self.api_keys.append(key.decode("latin-1"))
 
-    async def _stream_events(self, events: list[bytes], send: Send, request_id: str) -> None:
+    async def _stream_events(
+        self, events: list[bytes], send: Send, request_id: str, extra: list[Header]
+    ) -> None:
+        self.stats.statuses[200] = self.stats.statuses.get(200, 0) + 1
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"request-id", request_id.encode()),
+            (b"request-id", request_id.encode()), *extra,
         ]})  # fmt: skip
         for event in events:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self.stats.completed += 1
 
-    async def _complete(self, plan: Plan, send: Send, request_id: str) -> None:
+    async def _complete(self, plan: Plan, send: Send, request_id: str, extra: list[Header]) -> None:
         if plan.ttft_s:
             await asyncio.sleep(plan.ttft_s)
         content: list[dict[str, Any]] = []
@@ -196,9 +268,11 @@ class SimulatorApp:
             "usage": {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens},
         }  # fmt: skip
         self.stats.completed += 1
-        await _json(send, 200, orjson.dumps(message), request_id)
+        await _json(send, 200, orjson.dumps(message), request_id, extra)
 
-    async def _stream(self, plan: Plan, receive: Receive, send: Send, request_id: str) -> None:
+    async def _stream(
+        self, plan: Plan, receive: Receive, send: Send, request_id: str, extra: list[Header]
+    ) -> None:
         self.stats.active += 1
         gone = asyncio.Event()
 
@@ -213,7 +287,7 @@ class SimulatorApp:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
-                (b"request-id", request_id.encode()),
+                (b"request-id", request_id.encode()), *extra,
             ]})  # fmt: skip
             for chunk in _stream_frames(plan):
                 if isinstance(chunk, float):
@@ -241,6 +315,13 @@ class SimulatorApp:
             self.stats.active -= 1
             if not finished and not gone.is_set():
                 self.stats.errors += 1
+
+
+def _break_at(plan: Plan, fault: Fault, after: int) -> None:
+    """The control route's break in place of any the prompt asks for."""
+    plan.error_after = after if fault is Fault.ERROR else None
+    plan.drop_after = after if fault is Fault.DROP else None
+    plan.stall_after = after if fault is Fault.STALL else None
 
 
 DROP = b"<drop>"
@@ -397,10 +478,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def create_app(
-    ttft_ms: int = 300, tps: float = 60.0, replay_dir: Path | None = None
-) -> SimulatorApp:
+    ttft_ms: int = 300, tps: float = 60.0, replay_dir: Path | None = None, *,
+    limits: RateLimits | None = None, models: frozenset[str] | None = None,
+) -> SimulatorApp:  # fmt: skip
     replays = Replays(replay_dir) if replay_dir is not None else None
-    return SimulatorApp(Simulator(ttft_ms=ttft_ms, tps=tps), replays)
+    simulator = Simulator(ttft_ms=ttft_ms, tps=tps, served=models)
+    return SimulatorApp(simulator, replays, limits)
 
 
 class _QuietDrops(logging.Filter):
@@ -410,10 +493,13 @@ class _QuietDrops(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
 
 
-def run(host: str, port: int, *, ttft_ms: int, tps: float, replay_dir: Path | None = None) -> None:
+def run(
+    host: str, port: int, *, ttft_ms: int, tps: float, replay_dir: Path | None = None,
+    limits: RateLimits | None = None, models: frozenset[str] | None = None,
+) -> None:  # fmt: skip
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(
-        create_app(ttft_ms, tps, replay_dir),
+        create_app(ttft_ms, tps, replay_dir, limits=limits, models=models),
         host=host,
         port=port,
         loop="uvloop",
