@@ -15,6 +15,7 @@ from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.exporter import metrics_server
 from tokenrelay.routes import (
+    conversations,
     errors,
     health,
     messages,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
+    app.include_router(conversations.router)
     app.include_router(messages.router)
     app.include_router(openai_chat.router)
     app.include_router(usage.router)

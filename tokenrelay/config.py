@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///tokenrelay.db"
     # How often buffered rows are written (sooner when 500 are waiting).
     ledger_flush_interval: float = 0.5
+    # Stored conversations (in the same database): a conversation's history is trimmed
+    # from its oldest turns to fit this estimate of a request's input tokens.
+    conversation_max_input_tokens: int = Field(default=150_000, ge=1)
 
     # Logs: "json" (one object a line) or "console" (readable); unset, console when
     # stdout is a terminal, else json. uvicorn's access log (one line a request) is off

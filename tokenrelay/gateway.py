@@ -29,6 +29,9 @@ from tokenrelay.validation import Limits, RequestValidator
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+    from tokenrelay.conversations.service import Conversations
+    from tokenrelay.streams.log import StreamLog
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -67,10 +70,29 @@ class Gateway:
     rate_limits: RateLimits
     budgets: Budgets
     ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
+    conversations: Conversations | None = None  # in the ledger's database; None without one
     ops: OpsMonitor | None = None  # what the operations page shows
     # The operations feed's tickets: this instance's own, since the feed describes it.
     ops_tickets: TicketStore = field(default_factory=MemoryTickets)
     tracing: Tracing = OFF
+
+
+def conversations_of(
+    settings: Settings, ledger: Ledger | None, log: StreamLog
+) -> Conversations | None:
+    """The stored conversations, in the ledger's database (on its engine); None
+    without one. Imported only then, like the ledger."""
+    from tokenrelay.conversations.history import Fit
+    from tokenrelay.conversations.service import Conversations
+    from tokenrelay.conversations.store import ConversationStore
+    from tokenrelay.usage.ledger import SqlLedger
+
+    if not isinstance(ledger, SqlLedger):
+        return None
+    fit = Fit(
+        settings.conversation_max_input_tokens, settings.max_prompt_chars, settings.max_messages
+    )
+    return Conversations(ConversationStore(ledger.engine), log, fit)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -195,6 +217,10 @@ async def open_gateway(
             tracing=tracing,
             budgets=budgets,
         )
+        conversations = conversations_of(settings, ledger, manager.log)
+        if conversations is not None:
+            # Closed after the manager: the answers its close ends are stored first.
+            stack.push_async_callback(conversations.aclose)
         stack.push_async_callback(manager.aclose)
         await manager.open()
         ops = OpsMonitor(manager, ledger)
@@ -214,6 +240,7 @@ async def open_gateway(
             ),
             budgets,
             ledger=ledger,
+            conversations=conversations,
             ops=ops,
             tracing=tracing,
         )

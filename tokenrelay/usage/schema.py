@@ -1,4 +1,5 @@
-"""The ledger's one table, `stream_usage`: a row per stream, as SQLAlchemy Core.
+"""The ledger's tables as SQLAlchemy Core: `stream_usage`, a row per stream; and the
+stored conversations, `conversations` and `conversation_messages`.
 
 This is what the code reads and writes; the migrations in `migrations/versions/` are
 what creates it, frozen per revision (a test checks that the two agree).
@@ -17,12 +18,14 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     Numeric,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -63,4 +66,46 @@ stream_usage = Table(
     UniqueConstraint("stream_id", name="uq_stream_usage_stream_id"),
     Index("ix_stream_usage_principal_started_at", "principal", "started_at"),
     Index("ix_stream_usage_started_at", "started_at"),
+)
+
+# Conversations (tokenrelay/conversations/): a row per conversation, a row per turn.
+# `pending` is what answer the conversation waits for: a claim ("claim:…") while a send
+# is starting its stream, then that stream's id until its end is stored. A send sets it
+# by a conditional UPDATE (only where it is NULL), so two sends never interleave, on
+# however many instances.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("title", String(200)),
+    Column("system", Text),
+    Column("model", String(128), nullable=False),
+    Column("turns", Integer, nullable=False),
+    Column("pending", String(64)),
+    Column("pending_since", UTC_TIME),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("updated_at", UTC_TIME, nullable=False),
+    # The list: the owner's, newest first, paged by (updated_at, id).
+    Index("ix_conversations_owner_updated_at", "owner", "updated_at", "id"),
+)
+
+conversation_messages = Table(
+    "conversation_messages",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        String(40),
+        ForeignKey("conversations.id", ondelete="CASCADE", name="fk_conversation_messages_conv"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),  # 0, 1, 2, … within the conversation
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),  # JSON: a string or a list of content blocks
+    Column("status", String(32), nullable=False),
+    Column("stream_id", String(64)),
+    Column("error", Text),
+    Column("created_at", UTC_TIME, nullable=False),
+    UniqueConstraint("conversation_id", "position", name="uq_conversation_messages_position"),
 )
