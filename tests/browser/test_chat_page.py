@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ import httpx
 from playwright.async_api import Browser
 
 from tests.support import Stack, direct_text, eventually_async, run_stack, unique
+from tests.support.answers import direct_message
 from tests.support.auth import api_key_auth
 from tests.support.browser import WAIT_MS, ChatPage, chat_page, direct, stream_log
 from tests.support.proxy import CuttingProxy
@@ -18,10 +20,16 @@ from tests.support.proxy import CuttingProxy
 STATS = re.compile(r"^TTFT \d+ ms · \d+ tok/s · (\d+) tokens · \$(\d+\.\d{6})$")
 
 
+async def api_get(gateway: str, path: str, key: str) -> Any:
+    async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
+        response = await client.get(path, headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    return response.json()
+
+
 async def last_stream_id(chat: ChatPage) -> str:
     """The page's latest stream, from the gateway's X-Stream-ID response header."""
-    posts = [r for r in chat.requests if r.method == "POST" and r.url.endswith("/stream-response")]
-    response = await posts[-1].response()
+    response = await chat.stream_posts()[-1].response()
     assert response is not None
     stream_id = await response.header_value("x-stream-id")
     assert stream_id
@@ -216,39 +224,46 @@ async def test_markup_in_an_answer_is_shown_as_text_never_run(chat: ChatPage, st
     conversation = chat.page.get_by_test_id("conversation")
     for tag in ("img", "script", "b"):
         assert await conversation.locator(tag).count() == 0
-    assert await chat.answer().evaluate("el => el.childElementCount") == 0
+    # One paragraph of text: markdown.js builds nodes, it never parses HTML.
+    assert await chat.answer().evaluate("el => el.innerHTML") == f"<p>{escape(crafted, False)}</p>"
     assert await chat.page.evaluate("() => window.pwned") is None
     assert chat.dialogs == []
 
 
-async def test_second_question_sends_the_whole_conversation(chat: ChatPage, stack: Stack) -> None:
+async def test_second_question_goes_to_the_same_conversation(chat: ChatPage, stack: Stack) -> None:
     first = unique("Name a river [[sim:tokens=12]]")
     second = "And a mountain? [[sim:tokens=9]]"
     first_answer = await direct_text(stack.simulator, first)
+    asked = [{"role": "user", "content": first}, {"role": "assistant", "content": first_answer}]
+    message = await direct_message(stack.simulator, [*asked, {"role": "user", "content": second}])
+    second_answer = "".join(b.text for b in message.content if b.type == "text")
     await chat.send(first)
     await chat.wait_for_state("done")
     await chat.send(second)
     await chat.wait_for_state("done")
     await chat.screenshot("two-turns")
 
-    bodies = chat.posted_bodies()
-    assert len(bodies) == 2
-    model = bodies[0]["model"]
-    assert bodies == [
-        {"messages": [{"role": "user", "content": first}], "model": model},
-        {
-            "messages": [
-                {"role": "user", "content": first},
-                {"role": "assistant", "content": first_answer},
-                {"role": "user", "content": second},
-            ],
-            "model": model,
-        },
-    ]
+    # The page sends only the new message: the gateway keeps the conversation.
+    assert chat.posted_bodies() == [{"content": first}, {"content": second}]
+    paths = {urlsplit(r.url).path for r in chat.stream_posts()}
+    [path] = paths
+    conversation_id = path.split("/")[3]
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
         info = (await client.get("/api/info")).json()
-    assert model == info["model"]
+        conversation = (await client.get(f"/api/conversations/{conversation_id}")).json()
+    created = [r for r in chat.requests if urlsplit(r.url).path == "/api/conversations"]
+    assert [r.post_data_json for r in created if r.method == "POST"] == [
+        {"title": first, "model": info["model"]}
+    ]
+    assert conversation["title"] == first and conversation["model"] == info["model"]
+    assert [(m["role"], m["content"], m["status"]) for m in conversation["messages"]] == [
+        ("user", first, "complete"),
+        ("assistant", first_answer, "complete"),
+        ("user", second, "complete"),
+        ("assistant", second_answer, "complete"),
+    ]
     assert await chat.answer_text(0) == first_answer
+    assert await chat.answer_text(1) == second_answer
     assert await chat.page.get_by_test_id("answer").count() == 2
 
 
@@ -309,8 +324,17 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_sends_it_as_bearer(
             await chat.wait_for_state("done")
             await chat.screenshot("api-key")
             assert await chat.answer_text() == await direct_text(stack.simulator, prompt)
-            posts = [r for r in chat.requests if r.url.endswith("/api/stream-response")]
-            assert [await r.header_value("authorization") for r in posts] == [None, f"Bearer {key}"]
+            posts = [
+                (urlsplit(r.url).path, await r.header_value("authorization"))
+                for r in chat.requests
+                if r.method == "POST" and "/api/conversations" in r.url
+            ]
+            [conversation] = (await api_get(stack.gateway, "/api/conversations", key))["data"]
+            assert posts == [
+                ("/api/conversations", None),
+                ("/api/conversations", f"Bearer {key}"),
+                (f"/api/conversations/{conversation['id']}/messages", f"Bearer {key}"),
+            ]
             # EventSource cannot send the key: a ticket from tokenrelay.js stands in for it.
             ticketed = unique("Through a ticket [[sim:tokens=8]]")
             text = await chat.page.evaluate(

@@ -6,9 +6,11 @@ Screenshots go to tests/browser/artifacts/ (not committed), one or more per test
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from playwright.async_api import Browser, Dialog, Page, Request
@@ -18,6 +20,7 @@ from tests.support.streams import Read, read_stream, start
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "browser" / "artifacts"
 WAIT_MS = 30_000  # generous: a condition, never a measured duration
+STREAM_POST = re.compile(r"^/api/(stream-response|conversations/[^/]+/messages)$")
 
 
 class ChatPage:
@@ -93,12 +96,17 @@ class ChatPage:
         await self.page.screenshot(path=str(path), **kwargs)
         return path
 
-    def posted_bodies(self) -> list[Any]:
+    def stream_posts(self) -> list[Request]:
+        """The requests that started a stream: a conversation's new turn, or (without a
+        database) the whole conversation to /api/stream-response."""
         return [
-            r.post_data_json
+            r
             for r in self.requests
-            if r.method == "POST" and r.url.endswith("/api/stream-response")
+            if r.method == "POST" and STREAM_POST.search(urlsplit(r.url).path)
         ]
+
+    def posted_bodies(self) -> list[Any]:
+        return [r.post_data_json for r in self.stream_posts()]
 
 
 @contextlib.asynccontextmanager
