@@ -1,7 +1,8 @@
 """How a conversation's answers end, and what the next turn sends: a cancelled and a
 budget-cut answer stored marked, a stream resumed by its id from the conversation, two
-sends at once (exactly one 409), a pending answer whose instance died (lost), history
-trimmed to fit each limit exactly; the list's pages, rename, delete and bad input."""
+sends at once (exactly one 409, on SQLite and PostgreSQL), a pending answer whose
+instance died (lost), history trimmed to fit each limit exactly; the list's pages,
+rename, delete and bad input."""
 
 from __future__ import annotations
 
@@ -149,10 +150,12 @@ async def status_of_send(client: httpx.AsyncClient, cid: str, content: str) -> i
     return 200
 
 
-async def test_of_two_sends_at_once_exactly_one_is_refused(tmp_path: Path) -> None:
+async def test_of_two_sends_at_once_exactly_one_is_refused(
+    tmp_path: Path, database_url: str
+) -> None:
     first = unique("One [[sim:tokens=20]] [[sim:tps=20]]")
     second = unique("Two [[sim:tokens=20]] [[sim:tps=20]]")
-    with run_stack(tmp_path) as stack:
+    with run_stack(tmp_path, TOKENRELAY_DATABASE_URL=database_url) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
             cid = await create(client)
             statuses = await asyncio.gather(
