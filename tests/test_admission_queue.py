@@ -296,11 +296,13 @@ async def test_a_stream_that_waits_too_long_ends_with_a_retryable_overloaded_err
     from tokenrelay.registry import build_store
     from tokenrelay.streams.manager import StreamManager, StreamTimings
     from tokenrelay.streams.producer import RetryPolicy
+    from tokenrelay.upstreams.pool import Pool
 
     store = build_store(Settings(store="memory"))
     manager = StreamManager(
-        log=store.log, cluster=store.cluster, provider=SimulatorProvider(ttft_ms=0, tps=10),
-        models=ModelTable(), retry=RetryPolicy(), timings=StreamTimings(),
+        log=store.log, cluster=store.cluster,
+        upstreams=Pool.single(SimulatorProvider(ttft_ms=0, tps=10)), models=ModelTable(),
+        retry=RetryPolicy(), timings=StreamTimings(),
         gate=MemoryGate(Caps(max_concurrent=1, queue_size=1, queue_timeout=0.2)),
     )  # fmt: skip
     await manager.open()

@@ -247,6 +247,13 @@ async def test_every_counter_moved_by_exactly_what_the_workload_did(workload: Wo
         key("tokenrelay_rate_limited_total", scope="requests"): 1,
         key("tokenrelay_queue_wait_seconds_count"): 1,
         key("tokenrelay_queue_rejected_total", reason="full"): 1,
+        # The one deployment: each call once, by how it ended; the 529 and the error
+        # event cooled it down, and the next call, the retry or continuation, probed it.
+        key("tokenrelay_upstream_attempts_total", deployment="default", outcome="ok"): 10,
+        key("tokenrelay_upstream_attempts_total", deployment="default", outcome="error"): 1,
+        key("tokenrelay_upstream_attempts_total", deployment="default", outcome="cut"): 2,
+        key("tokenrelay_upstream_cooldowns_total", deployment="default", reason="overloaded"): 2,
+        key("tokenrelay_upstream_probes_total", deployment="default", result="ok"): 2,
     }
 
 
@@ -406,6 +413,7 @@ async def test_joins_and_cache_replays_are_counted_apart_from_the_streams_they_r
         key("tokenrelay_cache_requests_total", result="miss"): 2,
         key("tokenrelay_cache_requests_total", result="hit"): 1,
         key("tokenrelay_coalesced_total"): 1,
+        key("tokenrelay_upstream_attempts_total", deployment="default", outcome="ok"): 1,
     }
     log = stack.log_text()
     assert [e["stream_id"] for e in log_events(log, "coalesced")] == [

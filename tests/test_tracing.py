@@ -261,7 +261,7 @@ async def test_the_in_process_simulator_gets_the_attempts_traceparent(simulator:
         spans = await gw.tree(client_trace.trace_id, 4)
         app_gateway = gateway_of(gw.server.app)
         assert app_gateway is not None
-        provider = app_gateway.manager.provider
+        provider = app_gateway.manager.upstreams.deployments[0].provider
         assert isinstance(provider, SimulatorProvider)
         upstream = _one(spans, "tokenrelay.upstream")
         expected = f"00-{client_trace.trace_id:032x}-{_span_id(upstream):016x}-01"

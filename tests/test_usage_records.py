@@ -19,6 +19,7 @@ from tokenrelay.simulator.engine import Simulator
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.upstreams.pool import Pool
 from tokenrelay.usage.record import UsageList
 
 MODEL = "claude-haiku-4-5"
@@ -31,7 +32,7 @@ async def manager() -> AsyncIterator[tuple[StreamManager, UsageList]]:
     manager = StreamManager(
         log=store.log,
         cluster=store.cluster,
-        provider=SimulatorProvider(ttft_ms=0, tps=0),
+        upstreams=Pool.single(SimulatorProvider(ttft_ms=0, tps=0)),
         models=ModelTable(),
         retry=RetryPolicy(retries=3, base_delay=0.01, max_delay=0.02),
         timings=StreamTimings(heartbeat_interval=0.5),

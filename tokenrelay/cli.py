@@ -21,6 +21,11 @@ def serve(
     anthropic_base_url: str = typer.Option(
         None, help="Upstream Messages API base URL [env TOKENRELAY_ANTHROPIC_BASE_URL]."
     ),
+    upstreams_file: str = typer.Option(
+        None,
+        help="Several upstream deployments, weights and model fallbacks (TOML or YAML) "
+        "[env TOKENRELAY_UPSTREAMS_FILE].",
+    ),
     auth: str = typer.Option(None, help="none | api_key | jwt [env TOKENRELAY_AUTH; none]."),
     api_keys_file: str = typer.Option(
         None,
@@ -71,8 +76,9 @@ def serve(
     """Run the gateway. Settings come from flags, then TOKENRELAY_* variables."""
     from pydantic import ValidationError
 
-    from tokenrelay.auth.factory import UnsafeConfiguration, build_authenticator, check_exposure
+    from tokenrelay.auth.factory import UnsafeConfiguration, check_exposure
     from tokenrelay.config import Settings
+    from tokenrelay.gateway import prepare
     from tokenrelay.server import serve as run_server
 
     overrides: dict[str, Any] = {
@@ -84,6 +90,7 @@ def serve(
             "store": store,
             "model": model,
             "anthropic_base_url": anthropic_base_url,
+            "upstreams_file": upstreams_file,
             "auth": auth,
             "api_keys_file": api_keys_file,
             "insecure_no_auth": insecure_no_auth,
@@ -109,7 +116,9 @@ def serve(
         raise typer.Exit(2) from None
     try:
         warning = check_exposure(settings)
-        build_authenticator(settings)  # a missing keys file or JWT key fails here, clearly
+        # A missing keys file or JWT key, or an upstreams file that cannot work, fails
+        # here, clearly.
+        prepare(settings)
     except (UnsafeConfiguration, ValueError, OSError) as exc:
         typer.echo(f"tokenrelay: {exc}", err=True)
         raise typer.Exit(2) from None

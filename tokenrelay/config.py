@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     simulator_ttft_ms: int = 300
     simulator_tps: float = 60.0
     prices_file: Path | None = None
+    # Several deployments (keys, regions, proxies) with weights and model fallbacks, in
+    # a TOML or YAML file (docs/operations.md); unset: the one upstream above.
+    upstreams_file: Path | None = None
+    # While every deployment that could answer is cooling down, a new request waits up
+    # to this long for one (no upstream call meanwhile); longer: 503 with retry-after.
+    upstream_wait: float = 5.0
 
     # Where stream logs live: "memory" (one process) or a redis:// URL (shared).
     store: str = "memory"

@@ -96,6 +96,7 @@ class Done:
     cost_usd: float
     cached: bool = False
     stop_sequence: str | None = None  # the one the answer stopped at (stop_sequence)
+    model: str | None = None  # the model that answered (a fallback may differ)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,13 @@ from tokenrelay.config import Settings
 from tokenrelay.observability.ops import OpsMonitor
 from tokenrelay.observability.tracing import OFF, Tracing, setup
 from tokenrelay.pricing import ModelTable
-from tokenrelay.registry import build_provider, build_store, build_usage
+from tokenrelay.registry import build_pool, build_store, build_usage
 from tokenrelay.streams.cache import CachePolicy
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.upstreams import config as upstreams_config
+from tokenrelay.upstreams.config import PoolConfig
 from tokenrelay.usage.report import Ledger
 from tokenrelay.validation import Limits, RequestValidator
 
@@ -40,6 +42,7 @@ class Prepared:
     models: ModelTable
     validator: RequestValidator
     authenticator: Authenticator
+    upstreams: PoolConfig
 
 
 def prepare(settings: Settings) -> Prepared:
@@ -56,7 +59,15 @@ def prepare(settings: Settings) -> Prepared:
         settings.model,
         screen=settings.prompt_screen,
     )
-    return Prepared(models, validator, build_authenticator(settings))
+    upstreams = upstreams_config.from_settings(settings)
+    for deployment in upstreams.deployments:
+        unknown = sorted(m for m in deployment.models if m not in models)
+        if unknown:
+            raise upstreams_config.UpstreamsConfigError(
+                f"{upstreams.source}: deployment {deployment.name!r}: unknown model "
+                f"{', '.join(unknown)} (not in the price table)"
+            )
+    return Prepared(models, validator, build_authenticator(settings), upstreams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,16 +187,17 @@ def key_budgets_of(
 async def open_gateway(
     settings: Settings, prepared: Prepared, tracer_provider: TracerProvider | None = None
 ) -> AsyncIterator[Gateway]:
-    """Store, provider and manager, opened in order and closed in reverse: the
-    manager's producers end before the provider and the store they use close.
+    """Store, upstream pool and manager, opened in order and closed in reverse: the
+    manager's producers end before the pool and the store they use close.
     Spans go to `tracer_provider` when one is given, else as `settings.tracing` says."""
     async with AsyncExitStack() as stack:
         tracing = setup(settings.tracing, tracer_provider)
         stack.callback(tracing.shutdown)  # last: the spans of the streams ended first
         store = build_store(settings)
         stack.push_async_callback(store.aclose)
-        provider = build_provider(settings)
-        stack.push_async_callback(provider.aclose)
+        pool = build_pool(settings, prepared.upstreams, store)
+        stack.push_async_callback(pool.aclose)
+        await pool.open()
         usage = build_usage(settings)
         # Closed after the manager, so the records of the streams it ends are written.
         stack.push_async_callback(usage.aclose)
@@ -200,7 +212,7 @@ async def open_gateway(
         manager = StreamManager(
             log=store.log,
             cluster=store.cluster,
-            provider=provider,
+            upstreams=pool,
             models=prepared.models,
             retry=retry_policy(settings),
             timings=StreamTimings(
@@ -216,6 +228,7 @@ async def open_gateway(
             ),
             tracing=tracing,
             budgets=budgets,
+            upstream_wait=settings.upstream_wait,
         )
         conversations = conversations_of(settings, ledger, manager.log)
         if conversations is not None:

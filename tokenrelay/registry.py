@@ -18,6 +18,9 @@ from tokenrelay.providers.base import Provider
 from tokenrelay.streams.cache import ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.log import StreamLog
+from tokenrelay.upstreams.config import DeploymentConfig, PoolConfig
+from tokenrelay.upstreams.pool import Observe, Pool
+from tokenrelay.upstreams.shared import SharedHealth
 from tokenrelay.usage.record import UsageSink
 
 
@@ -35,6 +38,8 @@ class Store:
     spend_counters: SpendCounters
     cache: ResponseCache
     gate: Gate
+    # The upstream deployments' cool-downs and probes, so that instances back off together.
+    upstream_health: SharedHealth
 
     async def aclose(self) -> None:
         await self.gate.aclose()
@@ -42,16 +47,24 @@ class Store:
         await self.log.aclose()
 
 
-def _simulator(settings: Settings) -> Provider:
+def _simulator(settings: Settings, deployment: DeploymentConfig, observe: Observe) -> Provider:
     from tokenrelay.providers.simulator import SimulatorProvider
 
     return SimulatorProvider(ttft_ms=settings.simulator_ttft_ms, tps=settings.simulator_tps)
 
 
-def _anthropic(settings: Settings) -> Provider:
+def _anthropic(settings: Settings, deployment: DeploymentConfig, observe: Observe) -> Provider:
     from tokenrelay.providers.anthropic import AnthropicProvider
 
-    return AnthropicProvider.from_settings(settings)
+    if deployment.api_key is None:
+        raise ValueError("The anthropic provider needs ANTHROPIC_API_KEY")
+    return AnthropicProvider(
+        api_key=deployment.api_key,
+        base_url=deployment.base_url,
+        connect_timeout=settings.connect_timeout,
+        stall_timeout=settings.stall_timeout,
+        observe=observe,
+    )
 
 
 def _memory(settings: Settings) -> Store:
@@ -65,8 +78,11 @@ def _memory(settings: Settings) -> Store:
 
     log = MemoryLog(stream_ttl=settings.stream_ttl)
     cache = MemoryCache(settings.cache_max_bytes)
+    from tokenrelay.upstreams.shared import LocalHealth
+
     gate = MemoryGate(Caps.of(settings))
-    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend(), cache, gate)
+    return Store(log, LocalCluster(), MemoryTickets(), MemoryCounters(), MemorySpend(), cache,
+                 gate, LocalHealth())  # fmt: skip
 
 
 def _redis(settings: Settings) -> Store:
@@ -77,6 +93,7 @@ def _redis(settings: Settings) -> Store:
     from tokenrelay.streams.cache import RedisCache
     from tokenrelay.streams.redis import RedisLog
     from tokenrelay.streams.redis_cluster import RedisCluster
+    from tokenrelay.upstreams.redis_health import RedisHealth
 
     log = RedisLog(
         settings.store,
@@ -92,10 +109,12 @@ def _redis(settings: Settings) -> Store:
         RedisSpend(client),
         RedisCache(client),
         RedisGate(client, log.blocking_client, Caps.of(settings)),
+        RedisHealth(client, log.blocking_client),
     )
 
 
-PROVIDERS: dict[str, Callable[[Settings], Provider]] = {
+# A deployment's provider, by its kind.
+PROVIDERS: dict[str, Callable[[Settings, DeploymentConfig, Observe], Provider]] = {
     "simulator": _simulator,
     "anthropic": _anthropic,
 }
@@ -131,8 +150,11 @@ def build_usage(settings: Settings) -> UsageSink:
     return USAGE_SINKS["off" if settings.database_url == "off" else "sql"](settings)
 
 
-def build_provider(settings: Settings) -> Provider:
-    return PROVIDERS[settings.resolved_provider()](settings)
+def build_pool(settings: Settings, config: PoolConfig, store: Store) -> Pool:
+    def provider_for(deployment: DeploymentConfig, observe: Observe) -> Provider:
+        return PROVIDERS[deployment.kind](settings, deployment, observe)
+
+    return Pool(config, provider_for, shared=store.upstream_health, counters=store.rate_counters)
 
 
 def build_store(settings: Settings) -> Store:

@@ -44,6 +44,8 @@ class StreamRequestBody(BaseModel):
     metadata: dict[str, Any] | None = None
     # False: a fresh answer, never one from the response cache.
     cache: bool | None = None
+    # False: only the model asked for may answer, never one of its fallbacks.
+    fallback: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class Parsed:
 
     request: GenerationRequest
     use_cache: bool = True  # False: "cache": false in the body
+    fallback: bool = True  # False: "fallback": false in the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,11 @@ class RequestValidator:
             body = StreamRequestBody.model_validate_json(raw)
         except ValidationError as exc:
             raise InvalidRequest(describe(exc)) from None
-        return Parsed(self.from_body(body), use_cache=body.cache is not False)
+        return Parsed(
+            self.from_body(body),
+            use_cache=body.cache is not False,
+            fallback=body.fallback is not False,
+        )
 
     def from_query(self, params: dict[str, str]) -> GenerationRequest:
         unknown = set(params) - {"prompt", "model", "max_tokens", "system", "temperature"}

@@ -32,6 +32,7 @@ from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.upstreams.pool import Pool
 
 PROVIDERS = ("simulator", "anthropic")
 STORES = ("memory", "redis")
@@ -123,7 +124,9 @@ async def make_manager(provider: Provider, store_url: str) -> AsyncIterator[Make
             manager = StreamManager(
                 log=store.log,
                 cluster=store.cluster,
-                provider=provider,
+                upstreams=Pool.single(
+                    provider, cooldown_base_s=retry.base_delay, cooldown_max_s=retry.max_delay
+                ),
                 models=ModelTable() if models is None else models,
                 retry=retry,
                 timings=TIMINGS,

@@ -194,7 +194,7 @@ async def test_clean_answer_is_start_then_the_planned_text_then_done_with_usage_
     assert log.texts == want.deltas
     assert len(log.entries) == 1 + 50 + 1
     usage = {"input_tokens": want.input_tokens, "output_tokens": 50}
-    assert log.end == Done("end_turn", usage, cost(MODEL, want.input_tokens, 50), cached=False)
+    assert log.end == Done("end_turn", usage, cost(MODEL, want.input_tokens, 50), model=MODEL)
 
 
 async def test_clean_tool_answer_ends_with_the_tool_use_block_and_stop_reason_tool_use(
@@ -212,7 +212,7 @@ async def test_clean_tool_answer_ends_with_the_tool_use_block_and_stop_reason_to
         ToolUseStart(tool.id, "weather"),
         *(ToolInput(f) for f in fragments),
         ToolUse(tool.id, "weather", tool.input),
-        Done("tool_use", usage, cost(MODEL, want.input_tokens, 5 + len(fragments))),
+        Done("tool_use", usage, cost(MODEL, want.input_tokens, 5 + len(fragments)), model=MODEL),
     ]
     assert len(log.entries) == 1 + 5 + 1 + len(fragments) + 2
 
@@ -232,7 +232,7 @@ async def test_overload_before_the_first_token_is_retried_into_one_seamless_answ
     assert log.texts == want.deltas
     # The refused attempts never started, so they cost nothing.
     usage = {"input_tokens": want.input_tokens, "output_tokens": 50}
-    assert log.end == Done("end_turn", usage, cost(MODEL, want.input_tokens, 50))
+    assert log.end == Done("end_turn", usage, cost(MODEL, want.input_tokens, 50), model=MODEL)
 
 
 async def test_overload_beyond_the_retry_limit_fails_retryable_without_any_text(
@@ -282,7 +282,7 @@ async def test_a_cut_after_the_start_before_any_text_is_retried_without_a_reset(
     assert log.resets == 0
     assert log.texts == want.deltas
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 50}  # both attempts
-    assert log.end == Done("end_turn", usage, cost(model, 2 * want.input_tokens, 50))
+    assert log.end == Done("end_turn", usage, cost(model, 2 * want.input_tokens, 50), model=model)
 
 
 # -- failures mid-answer ----------------------------------------------------------------
@@ -302,7 +302,7 @@ async def test_a_cut_mid_text_is_continued_by_prefill_into_exactly_the_clean_tex
     assert len(log.entries) == 1 + 50 + 1
     # Both attempts are paid for: 6 deltas, then the other 44.
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 6 + 44}
-    assert log.end == Done("end_turn", usage, cost(MODEL, 2 * want.input_tokens, 50))
+    assert log.end == Done("end_turn", usage, cost(MODEL, 2 * want.input_tokens, 50), model=MODEL)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -318,7 +318,9 @@ async def test_a_cut_mid_text_on_a_model_without_prefill_resets_then_restarts_th
     assert log.text_after_reset == want.text
     assert len(log.entries) == 1 + 6 + 1 + 50 + 1
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 6 + 50}
-    assert log.end == Done("end_turn", usage, cost(NO_PREFILL_MODEL, 2 * want.input_tokens, 56))
+    assert log.end == Done(
+        "end_turn", usage, cost(NO_PREFILL_MODEL, 2 * want.input_tokens, 56), model=NO_PREFILL_MODEL
+    )
 
 
 async def test_a_cut_mid_text_after_thinking_restarts_the_answer_even_where_prefill_works(
@@ -339,7 +341,7 @@ async def test_a_cut_mid_text_after_thinking_restarts_the_answer_even_where_pref
     # The cut attempt is estimated from what it sent (three thinking deltas, the
     # signature, three words); the second reports its own.
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 7 + 3 + 50}
-    assert log.end == Done("end_turn", usage, cost(MODEL, 2 * want.input_tokens, 60))
+    assert log.end == Done("end_turn", usage, cost(MODEL, 2 * want.input_tokens, 60), model=MODEL)
 
 
 async def test_a_prefill_the_upstream_refuses_resets_and_the_table_learns_it(
@@ -359,7 +361,9 @@ async def test_a_prefill_the_upstream_refuses_resets_and_the_table_learns_it(
     assert len(log.entries) == 1 + 6 + 1 + 50 + 1
     # The refused continuation never started, so it cost nothing.
     usage = {"input_tokens": 2 * want.input_tokens, "output_tokens": 6 + 50}
-    assert log.end == Done("end_turn", usage, cost(NO_PREFILL_MODEL, 2 * want.input_tokens, 56))
+    assert log.end == Done(
+        "end_turn", usage, cost(NO_PREFILL_MODEL, 2 * want.input_tokens, 56), model=NO_PREFILL_MODEL
+    )
     assert not models.accepts_prefill(NO_PREFILL_MODEL)
 
 

@@ -55,15 +55,16 @@ def _start(e: Start) -> bytes:
 
 
 def _done(e: Done) -> bytes:
-    return _json(
-        {
-            "done": True,
-            "stop_reason": e.stop_reason,
-            "usage": e.usage,
-            "cost_usd": e.cost_usd,
-            "cached": e.cached,
-        }
-    )
+    done = {
+        "done": True,
+        "stop_reason": e.stop_reason,
+        "usage": e.usage,
+        "cost_usd": e.cost_usd,
+        "cached": e.cached,
+    }
+    if e.model is not None:
+        done["model"] = e.model
+    return _json(done)
 
 
 def _failed(e: Failed) -> bytes:

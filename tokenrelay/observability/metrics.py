@@ -192,3 +192,32 @@ DRAINING = Gauge(
     "1 while this instance is shutting down and handing its streams over.",
     registry=REGISTRY,
 )
+UPSTREAM_ATTEMPTS = Counter(
+    "tokenrelay_upstream_attempts",
+    "Upstream calls by deployment and outcome: ok (the answer started), error (failed "
+    "before it did), cut (failed after), cancelled (the stream ended before either).",
+    ["deployment", "outcome"],
+    registry=REGISTRY,
+)
+UPSTREAM_COOLDOWNS = Counter(
+    "tokenrelay_upstream_cooldowns",
+    "Deployments cooled down, by reason: overloaded, rate_limited, server_error, connect, auth.",
+    ["deployment", "reason"],
+    registry=REGISTRY,
+)
+UPSTREAM_PROBES = Counter(
+    "tokenrelay_upstream_probes",
+    "Calls that found out whether a cooled deployment is back, by result: ok or failed.",
+    ["deployment", "result"],
+    registry=REGISTRY,
+)
+MODEL_FALLBACKS = Counter(
+    "tokenrelay_model_fallbacks",
+    "Streams answered by a fallback model, by the model asked for and the one that answered.",
+    ["requested", "served"],
+    registry=REGISTRY,
+)
+# Read from the pool when /metrics is scraped (`telemetry.watch_pool`).
+UPSTREAM_IN_FLIGHT = "tokenrelay_upstream_in_flight"
+UPSTREAM_COOLING = "tokenrelay_upstream_cooling"
+UPSTREAM_RATELIMIT_REMAINING = "tokenrelay_upstream_ratelimit_remaining"

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
 from structlog.contextvars import bind_contextvars
 
 from tokenrelay.errors import ERROR_TYPES
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from tokenrelay.providers.base import GenerationRequest
     from tokenrelay.streams.manager import StreamManager
     from tokenrelay.streams.producer import Producer
+    from tokenrelay.upstreams.pool import Pool
 
 log = logging.getLogger("tokenrelay.streams")
 
@@ -147,6 +149,80 @@ def restarted() -> None:
     metrics.RESETS.inc()
 
 
+# -- the upstream pool ----------------------------------------------------------------
+
+
+def upstream_attempt(deployment: str, outcome: str) -> None:
+    metrics.UPSTREAM_ATTEMPTS.labels(deployment, outcome).inc()
+
+
+def upstream_cooldown(deployment: str, reason: str) -> None:
+    metrics.UPSTREAM_COOLDOWNS.labels(deployment, reason).inc()
+
+
+def upstream_probe(deployment: str, result: str) -> None:
+    metrics.UPSTREAM_PROBES.labels(deployment, result).inc()
+
+
+def model_fallback(stream_id: str, requested: str, served: str, deployment: str) -> None:
+    metrics.MODEL_FALLBACKS.labels(requested, served).inc()
+    log_event(
+        log, "model_fallback", level=logging.WARNING, stream_id=stream_id, requested=requested,
+        served=served, deployment=deployment,
+    )  # fmt: skip
+
+
+class PoolCollector:
+    """The pool's gauges, per deployment, read from it at scrape time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            metrics.UPSTREAM_IN_FLIGHT, "Calls to the deployment under way from this instance.",
+            labels=["deployment"],
+        )  # fmt: skip
+        cooling = GaugeMetricFamily(
+            metrics.UPSTREAM_COOLING,
+            "1 while the deployment is not taking calls: cooling down, probing, or full.",
+            labels=["deployment"],
+        )
+        remaining = GaugeMetricFamily(
+            metrics.UPSTREAM_RATELIMIT_REMAINING,
+            "The deployment's rate limit left, from its last anthropic-ratelimit-* headers.",
+            labels=["deployment", "kind"],
+        )
+        for state in self._pool.snapshot():
+            in_flight.add_metric([state.name], state.in_flight)
+            cooling.add_metric([state.name], 0 if state.state == "healthy" else 1)
+            for kind, value in (("requests", state.requests_remaining),
+                                ("tokens", state.tokens_remaining)):  # fmt: skip
+                if value is not None:
+                    remaining.add_metric([state.name, kind], value)
+        yield from (in_flight, cooling, remaining)
+
+
+_pool_collector: PoolCollector | None = None
+
+
+def watch_pool(pool: Pool) -> None:
+    global _pool_collector
+    unwatch_pool()
+    _pool_collector = PoolCollector(pool)
+    metrics.REGISTRY.register(_pool_collector)
+
+
+def unwatch_pool() -> None:
+    global _pool_collector
+    if _pool_collector is not None:
+        metrics.REGISTRY.unregister(_pool_collector)
+        _pool_collector = None
+
+
 # -- admission ------------------------------------------------------------------------
 
 
@@ -215,6 +291,7 @@ def watch(manager: StreamManager, ledger: object | None) -> None:
     metrics.QUEUE_CAPACITY.set_function(lambda: gate.caps.queue_size)
     metrics.DRAINING.set_function(lambda: 1 if manager.draining else 0)
     metrics.LEDGER_BACKLOG.set_function(lambda: getattr(ledger, "backlog", 0))
+    watch_pool(manager.upstreams)
 
 
 def unwatch() -> None:
@@ -223,3 +300,4 @@ def unwatch() -> None:
         metrics.QUEUE_CAPACITY, metrics.DRAINING, metrics.LEDGER_BACKLOG,
     ):  # fmt: skip
         gauge.set_function(lambda: 0)
+    unwatch_pool()

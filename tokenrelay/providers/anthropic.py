@@ -10,7 +10,7 @@ to `UpstreamError` in `map_sdk_errors()`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import anthropic
@@ -150,7 +150,11 @@ class AnthropicProvider:
         connect_timeout: float = 5.0,
         stall_timeout: float = 30.0,
         max_connections: int = 10_000,
+        observe: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
+        # Shown every answer's headers, an error's too (the pool reads their
+        # anthropic-ratelimit-* figures); once per call, never per event.
+        self._observe = observe
         # The read timeout is per chunk and pings reset it: a silent upstream is a stall.
         timeout = httpx2.Timeout(stall_timeout, connect=connect_timeout)
         self._client = anthropic.AsyncAnthropic(
@@ -206,9 +210,11 @@ class AnthropicProvider:
         state = _BlockState()
         loads = orjson.loads
         try:
-            with map_sdk_errors():
+            with map_sdk_errors(), self._observed():
                 create = self._client.messages.with_streaming_response.create
                 async with create(**self._params(request)) as response:
+                    if self._observe is not None:
+                        self._observe(response.headers)
                     async for _, data in sse_events(response.iter_bytes()):
                         delta = state.feed(loads(data))
                         if delta is not None:
@@ -219,6 +225,16 @@ class AnthropicProvider:
             exc.cut_block = state.open_block if state.open_block != "text" else None
             raise
         raise UpstreamIncomplete("upstream stream ended without message_stop")
+
+    @contextlib.contextmanager
+    def _observed(self) -> Iterator[None]:
+        """An error answer's headers, shown before the error is mapped."""
+        try:
+            yield
+        except anthropic.APIStatusError as exc:
+            if self._observe is not None and exc.status_code != 200:
+                self._observe(exc.response.headers)
+            raise
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         params = self._params(request)

@@ -44,6 +44,7 @@ from tokenrelay.routes.streaming import (
     Started,
     cache_allowed,
     collect,
+    fallback_allowed,
     open_stream,
     parse_after,
     resume_delivery,
@@ -80,6 +81,7 @@ async def create_message(
         gw, request, caller, request_id, parsed.generation,
         route=ROUTE, body=raw, idempotency_key=idempotency_key,
         use_cache=cache_allowed(request), restartable=not parsed.stream,
+        fallback=fallback_allowed(request),
     )  # fmt: skip
     headers = {**stream_headers(gw, started.stream_id, started.admission), "request-id": request_id}
     if parsed.stream:
@@ -181,7 +183,7 @@ async def count_tokens(
     """The input tokens a request would use, as the upstream counts them."""
     generation = parse_count_tokens(await request.body(), gw.validator)
     try:
-        counted = await gw.manager.provider.count_tokens(generation)
+        counted = await gw.manager.upstreams.count_tokens(generation)
     except UpstreamError as exc:
         raise gateway_side(exc) from None
     return Response(b'{"input_tokens":%d}' % counted, 200, {"request-id": request_id},

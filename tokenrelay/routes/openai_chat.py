@@ -38,7 +38,14 @@ from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import GatewayDep, authenticate
 from tokenrelay.routes.openai_schema import REQUEST_BODY, responses
 from tokenrelay.routes.sse import SSEResponse, stream_frames
-from tokenrelay.routes.streaming import Started, cache_allowed, collect, open_stream, stream_headers
+from tokenrelay.routes.streaming import (
+    Started,
+    cache_allowed,
+    collect,
+    fallback_allowed,
+    open_stream,
+    stream_headers,
+)
 
 router = APIRouter()
 
@@ -72,6 +79,7 @@ async def chat_completions(request: Request, gw: GatewayDep, request_id: Request
             # have to start again ends instead (and costs no more). A whole one
             # restarts unseen.
             restartable=not chat.stream,
+            fallback=fallback_allowed(request),
         )
     except GatewayError as exc:
         return error_response(from_gateway_error(exc), getattr(exc, "headers", None))

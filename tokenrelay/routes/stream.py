@@ -17,6 +17,7 @@ from tokenrelay.routes.openapi import SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse
 from tokenrelay.routes.streaming import (
     cache_allowed,
+    fallback_allowed,
     open_stream,
     parse_after,
     respond,
@@ -62,6 +63,7 @@ async def start_stream(
         gw, request, caller, request_id, parsed.request,
         route=ROUTE, body=raw, idempotency_key=idempotency_key,
         use_cache=parsed.use_cache and cache_allowed(request),
+        fallback=parsed.fallback and fallback_allowed(request),
     )  # fmt: skip
     return respond_started(gw, started, _dialect(gw, started.stream_id))
 

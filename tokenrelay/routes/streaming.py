@@ -68,6 +68,15 @@ def cache_allowed(request: Request) -> bool:
     return "no-cache" not in request.headers.get("cache-control", "").lower()
 
 
+FALLBACK_HEADER = "x-tokenrelay-fallback"
+
+
+def fallback_allowed(request: Request) -> bool:
+    """`X-Tokenrelay-Fallback: off` (or false, 0): only the model asked for may answer.
+    A header, so that Claude's and OpenAI's SDKs can send it unchanged (default_headers)."""
+    return request.headers.get(FALLBACK_HEADER, "").strip().lower() not in ("off", "false", "0")
+
+
 def who(gw: Gateway, request: Request, caller: Principal) -> str:
     """Whom limits and caps count against: the principal; without authentication,
     where every caller is the same principal, the client's address."""
@@ -106,6 +115,7 @@ async def start(
     idempotency_key: str | None = None,
     use_cache: bool = True,
     restartable: bool = True,
+    fallback: bool = True,
 ) -> str:
     """Start (or join) a stream through `manager.start` (coalescing, cache, gate);
     a full queue is counted as a rejection and raised (503). `restartable` False:
@@ -123,6 +133,7 @@ async def start(
             meter=meter,
             use_cache=use_cache,
             restartable=restartable,
+            fallback=fallback,
         )
     except QueueFull:
         telemetry.queue_rejected("full")
@@ -141,6 +152,7 @@ async def open_stream(
     idempotency_key: str | None = None,
     use_cache: bool = True,
     restartable: bool = True,
+    fallback: bool = True,
 ) -> Started:
     """Admit the request and start its stream, inside the admission span: the whole
     of what happens before a response starts. `body` is what identifies the request
@@ -163,6 +175,7 @@ async def open_stream(
             idempotency_key=idempotency_key,
             use_cache=use_cache,
             restartable=restartable,
+            fallback=fallback,
         )
         admitted.started(stream_id)
     delivery = gw.tracing.delivery(admitted.context, stream_id, -1, None)

@@ -40,14 +40,20 @@ class Coalescer:
         self._guests: dict[str, set[str]] = {}
 
     def key(
-        self, request: GenerationRequest, owner: str, restartable: bool = True
+        self,
+        request: GenerationRequest,
+        owner: str,
+        restartable: bool = True,
+        fallback: bool = True,
     ) -> tuple[str, bytes] | None:
         """`restartable` is part of the key: a reader that cannot be told to reset must
-        not join a stream that may reset, nor the other way round."""
+        not join a stream that may reset, nor the other way round; and `fallback`: a
+        request that wants its own model only must not get another's answer."""
         if self.scope == "off":
             return None
         scope = owner if self.scope == "principal" else "*"
-        return (scope, request_key(request) + (b"" if restartable else b"\x00fixed"))
+        suffix = (b"" if restartable else b"\x00fixed") + (b"" if fallback else b"\x00own")
+        return (scope, request_key(request) + suffix)
 
     async def join(self, key: tuple[str, bytes], principal: str) -> str | None:
         """The running stream an identical request joins, if there is one, once it

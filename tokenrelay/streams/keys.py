@@ -10,7 +10,8 @@ tr:s:{id}:log      Redis Stream of the stream's normalized events (`tokenrelay.e
                      d  (every other kind) the event's fields as a JSON object, e.g.
                         done: {"stop_reason", "usage", "cost_usd", "cached"}
 tr:s:{id}:meta     hash: owner, request_id, model, fingerprint, created_at,
-                   idempotency_key, principal, route, restartable ("1"/"0"), request
+                   idempotency_key, principal, route, restartable and fallback
+                   ("1"/"0"), request
                    (the GenerationRequest as JSON, for takeover), opening (set before
                    the first content: {"model", "usage"}, how the upstream's message
                    began)

@@ -92,6 +92,8 @@ class StreamMeta:
     # to reset: a takeover continues it as it began.
     route: str = "api"
     restartable: bool = True
+    # Whether another model may answer when its own cannot (`"fallback": false`: never).
+    fallback: bool = True
 
 
 class StreamLog(Protocol):

@@ -27,7 +27,7 @@ from tokenrelay.observability import telemetry
 from tokenrelay.observability.log import log_event
 from tokenrelay.observability.tracing import OFF, StreamTrace, Tracing
 from tokenrelay.pricing import ModelTable
-from tokenrelay.providers.base import GenerationRequest, Provider
+from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams.cache import CachedAnswer, CachePolicy, ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.coalesce import Coalescer
@@ -42,6 +42,7 @@ from tokenrelay.streams.producer import (
     RetryPolicy,
     StopReason,
 )
+from tokenrelay.upstreams.pool import Pool
 from tokenrelay.usage.record import NoUsage, StreamRecord, UsageSink
 
 log = logging.getLogger("tokenrelay.streams")
@@ -115,7 +116,7 @@ class StreamManager:
         *,
         log: StreamLog,
         cluster: Cluster,
-        provider: Provider,
+        upstreams: Pool,
         models: ModelTable,
         retry: RetryPolicy,
         timings: StreamTimings,
@@ -126,11 +127,14 @@ class StreamManager:
         cache_policy: CachePolicy | None = None,
         budgets: Budgets | None = None,
         tracing: Tracing = OFF,
+        upstream_wait: float = 5.0,
     ) -> None:
         self.log = log
         self.usage: UsageSink = usage or NoUsage()
         self.cluster = cluster
-        self.provider = provider
+        self.upstreams = upstreams
+        # How long a new stream may wait for a cooling upstream, rather than get a 503.
+        self._upstream_wait = upstream_wait
         self.models = models
         self._retry = retry
         self._timings = timings
@@ -172,6 +176,7 @@ class StreamManager:
         use_cache: bool = True,
         route: str = "api",
         restartable: bool = True,
+        fallback: bool = True,
     ) -> str:
         """Start a stream (or, for a known Idempotency-Key or an identical request still
         generating, find it); returns its id. The `Start` event is in the log before
@@ -180,7 +185,11 @@ class StreamManager:
         `principal` is whom the gate counts the call against (default: `owner`); at
         capacity with a full queue it raises QueueFull (503) before any stream exists.
         `route` names the API the request came by, for the stream's metrics;
-        `restartable` False: its reader cannot be told to reset (see `Producer`)."""
+        `restartable` False: its reader cannot be told to reset (see `Producer`);
+        `fallback` False: no other model may answer. When no upstream deployment can
+        take the model for longer than `upstream_wait` (every one cooling down),
+        Overloaded (503, retry-after) before any stream exists, rather than a call to
+        one that is refusing them; a shorter wait the stream waits out."""
         if self.draining:
             raise Overloaded("Server is shutting down; retry on another instance", retry_after=1)
         stream_id = new_stream_id()
@@ -193,8 +202,15 @@ class StreamManager:
             if cached is not None:
                 self._settle(on_end, 0)
                 return await self._replay(cached, request, owner, request_id, body_fingerprint)
+        wait = self.upstreams.retry_in(request.model, fallback)
+        if wait is not None and wait > self._upstream_wait:
+            self._settle(on_end, 0)  # it never runs
+            raise Overloaded(
+                f"Every upstream deployment for {request.model} is cooling down; retry shortly",
+                retry_after=wait,
+            )
         if idempotency_key is None:  # an explicit key says which stream it means
-            coalesce_key = self._coalescer.key(request, owner, restartable)
+            coalesce_key = self._coalescer.key(request, owner, restartable, fallback)
             if coalesce_key is not None:
                 joined = await self._coalescer.join(coalesce_key, owner)
                 if joined is not None:
@@ -223,7 +239,8 @@ class StreamManager:
             ticket = await self.gate.enter(principal or owner)
             await self._create(stream_id, request, owner, request_id, body_fingerprint,
                                idempotency_key, ticket, meter, route,
-                               principal or owner, restartable=restartable)  # fmt: skip
+                               principal or owner, restartable=restartable,
+                               fallback=fallback)  # fmt: skip
         except BaseException as exc:
             self._settle(self._on_end.pop(stream_id, None), 0)  # it never ran
             if ticket is not None:
@@ -298,6 +315,7 @@ class StreamManager:
         principal: str,
         *,
         restartable: bool = True,
+        fallback: bool = True,
     ) -> None:
         meta = StreamMeta(
             stream_id=stream_id,
@@ -311,6 +329,7 @@ class StreamManager:
             principal=principal if principal != owner else "",
             route=route,
             restartable=restartable,
+            fallback=fallback,
         )
         # The lease first: a stream that is running without one is an orphan that any
         # instance's takeover scan would adopt.
@@ -318,7 +337,7 @@ class StreamManager:
         await self.log.create(meta)
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
         telemetry.stream_started(route, stream_id, owner, request)
-        self._spawn(meta, request, None, ticket, meter, route, restartable=restartable)
+        self._spawn(meta, request, None, ticket, meter, route)
 
     def _spawn(
         self,
@@ -329,14 +348,18 @@ class StreamManager:
         meter: Meter | None = None,
         route: str = "api",
         budget_check: Callable[[], Awaitable[Meter | None]] | None = None,
-        *,
-        restartable: bool = True,
     ) -> None:
         stream_id = meta.stream_id
+        # A taken-over answer goes on with the model that began it (a fallback's too).
+        opening = meta.opening
+        model = opening.model if answer is not None and opening is not None else None
+        if model is not None and model not in self.models:
+            model = None  # the upstream's own name for it (dated): the one asked for
         producer = Producer(
             stream_id=stream_id,
             request=request,
-            provider=self.provider,
+            upstream=self.upstreams.route(fallback=meta.fallback, restartable=meta.restartable),
+            model=model,
             log=self.log,
             models=self.models,
             retry=self._retry,
@@ -346,7 +369,7 @@ class StreamManager:
             budget_check=budget_check,
             route=route,
             trace=self.tracing.stream(stream_id, request.model, takeover=answer is not None),
-            restartable=restartable,
+            restartable=meta.restartable,
         )
         # Every line the producer logs carries the stream's and its request's ids.
         context = telemetry.stream_context(stream_id, meta.request_id)
@@ -432,8 +455,7 @@ class StreamManager:
         check = None
         if budgets is not None:  # its remainder is metered again, against the same budget
             check = functools.partial(budgets.check, meta.principal or meta.owner)
-        self._spawn(meta, meta.request, answer, route=meta.route, budget_check=check,
-                    restartable=meta.restartable)  # fmt: skip
+        self._spawn(meta, meta.request, answer, route=meta.route, budget_check=check)
 
     async def stop_for_handover(self) -> list[str]:
         handed = list(self._producers)
@@ -501,7 +523,8 @@ class StreamManager:
         self._producers.pop(stream_id, None)
         joined = self._coalescer.ended(stream_id)
         cache_key = self._cache_keys.pop(stream_id, None)
-        if cache_key is not None and producer.status == "done":
+        # A fallback's answer is not the one asked for: it is not kept for the next asker.
+        if cache_key is not None and producer.status == "done" and not producer.fell_back:
             self._run(self._keep_answer(stream_id, cache_key))
         if producer.finished:  # not handed over nor lost: its record is complete
             telemetry.stream_ended(producer)

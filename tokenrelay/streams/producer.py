@@ -42,11 +42,11 @@ from tokenrelay.providers.base import (
     GenerationRequest,
     MessageEnd,
     MessageStart,
-    Provider,
     ToolUse,
     Usage,
 )
 from tokenrelay.streams.log import Entry, Opening, StreamLog, StreamTakenOver
+from tokenrelay.upstreams.pool import Choice, NoDeployment, Route
 
 log = logging.getLogger("tokenrelay.producer")
 
@@ -145,7 +145,7 @@ class Producer:
         *,
         stream_id: str,
         request: GenerationRequest,
-        provider: Provider,
+        upstream: Route,
         log: StreamLog,
         models: ModelTable,
         retry: RetryPolicy,
@@ -156,6 +156,7 @@ class Producer:
         route: str = "api",
         trace: StreamTrace = NO_STREAM,
         restartable: bool = True,
+        model: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.route = route  # the API the stream came by, a label of its metrics
@@ -170,15 +171,22 @@ class Producer:
         # Its place at the gate: the producer waits for a slot, and gives it back.
         self._ticket = ticket
         self.request = request
-        self._provider = provider
+        # Which deployment and model each attempt goes to.
+        self._upstream = upstream
+        # The model answering: the one asked for, or a fallback (or, for a takeover,
+        # the one that began the answer). Costs are at its prices.
+        self.model = model or request.model
         self._log = log
         self._models = models
         self._retry = retry
         # Set when continuing an answer begun elsewhere (a takeover): it is continued.
         self._answer = answer or Answer()
         self.usage = Usage()
+        self._cost_usd = 0.0  # of the attempts so far, each at its own model's prices
         if answer is not None:  # the earlier producer's usage is lost with it: estimate
             self.usage.output_tokens = len(answer.parts)
+            self._cost_usd = models.cost_usd(self.model, self.usage)
+        self._waited_for_upstream = 0.0  # seconds, while no deployment could take it
         self.stop_reason: StopReason = CANCELLED
         self.retries = 0  # in a row, before the current attempt's first delta
         self.retries_total = 0
@@ -189,13 +197,17 @@ class Producer:
         # How it went, for the stream's usage record.
         self.status = "running"  # then "done", or the code of the final error
         self.stop_reason_text: str | None = None
-        self.served_model = request.model
+        self.served_model = self.model  # as the upstream names it (it may add a date)
         # Usage counted from the deltas seen, not reported (a cut, a cancel, a takeover).
         self.estimated = answer is not None
         self.started_at = time.time()
         self.first_text_at: float | None = None  # time.monotonic() of the first text
         self._waited = False  # at the gate, in the queue
         self._t0 = time.monotonic()
+
+    @property
+    def fell_back(self) -> bool:
+        return self.model != self.request.model
 
     @property
     def ttft_ms(self) -> float | None:
@@ -259,20 +271,68 @@ class Producer:
 
     async def _generate(self) -> None:
         while True:
-            so_far = self._answer.text
-            request = continuation_request(self.request, so_far) if so_far else self.request
-            # Claude refuses a prefill ending in whitespace, so it is stripped; the
-            # continuation then starts with that whitespace, which was already sent.
-            skip = len(so_far) - len(so_far.rstrip())
-            self.attempts += 1
+            started = bool(self._answer.parts) or self._answer.blocks
             try:
-                with self.trace.attempt(self.attempts, self._kind(), len(so_far)) as attempt:
-                    if await self._attempt(request, skip, attempt):
-                        return
-                    raise UpstreamIncomplete("upstream stream ended without message_stop")
-            except UpstreamError as exc:
-                if not await self._recover(exc, continuing=bool(so_far)):
+                choice = await self._upstream.choose(
+                    self.request.model, self.model, started=started
+                )
+            except NoDeployment as exc:
+                if not await self._wait_for_upstream(exc):
                     return
+                continue
+            try:
+                if choice.model != self.model and not await self._switch_model(choice, started):
+                    return
+                so_far = self._answer.text
+                request = self.request
+                if self.model != request.model:
+                    request = dataclasses.replace(request, model=self.model)
+                if so_far:
+                    request = continuation_request(request, so_far)
+                # Claude refuses a prefill ending in whitespace, so it is stripped; the
+                # continuation then starts with that whitespace, which was already sent.
+                skip = len(so_far) - len(so_far.rstrip())
+                self.attempts += 1
+                try:
+                    with self.trace.attempt(self.attempts, self._kind(), len(so_far)) as attempt:
+                        if await self._attempt(request, skip, attempt, choice):
+                            return
+                        raise UpstreamIncomplete("upstream stream ended without message_stop")
+                except UpstreamError as exc:
+                    await choice.failed(exc, started=choice.answered)
+                    self._upstream.failed_on(choice)
+                    if not await self._recover(exc, continuing=bool(so_far)):
+                        return
+            finally:
+                choice.close()
+
+    async def _switch_model(self, choice: Choice, started: bool) -> bool:
+        """The answer goes on with a fallback model (or back to the one asked for);
+        once it has begun, only after a reset. False when the stream has ended."""
+        if started and not await self._restart(
+            UpstreamError("model unavailable", error_type="overloaded_error")
+        ):
+            return False
+        self.model = self.served_model = choice.model
+        if choice.model != self.request.model:
+            telemetry.model_fallback(self.stream_id, self.request.model, choice.model, choice.name)
+        return True
+
+    async def _wait_for_upstream(self, exc: NoDeployment) -> bool:
+        """No deployment can take the call now: wait until one can, instead of calling
+        one that is cooling down (a wait is not a failed attempt). False when it would
+        take too long and the stream has ended."""
+        wait = exc.retry_after or 0.05
+        if self._waited_for_upstream + wait > self._retry.retry_after_ceiling:
+            await self._finish_error(exc.message, exc.code, True)
+            return False
+        self._waited_for_upstream += wait
+        log_event(
+            log, "upstream_wait", level=logging.WARNING, stream_id=self.stream_id,
+            delay_s=round(wait, 3), model=self.model,
+        )  # fmt: skip
+        await asyncio.sleep(wait)
+        return True
 
     def _kind(self) -> AttemptKind:
         """What the attempt about to start is (for its span)."""
@@ -280,7 +340,9 @@ class Producer:
             return "retry"
         return "first" if self.attempts == 1 and not self._answer.parts else "continuation"
 
-    async def _attempt(self, request: GenerationRequest, skip: int, attempt: Attempt) -> bool:
+    async def _attempt(
+        self, request: GenerationRequest, skip: int, attempt: Attempt, choice: Choice
+    ) -> bool:
         """One upstream attempt; True when it reached message_stop."""
         append = self._log.append
         sid = self.stream_id
@@ -293,10 +355,11 @@ class Producer:
         started = time.monotonic()
         first_delta: float | None = None  # this attempt's, for the upstream's time to it
         meter = self.meter
-        per_token = self._models.output_micro_usd(self.request.model) if meter else 0.0
+        model = request.model
+        per_token = self._models.output_micro_usd(model) if meter else 0.0
         over_budget = False
         try:
-            async with contextlib.aclosing(self._provider.stream(request)) as deltas:
+            async with contextlib.aclosing(choice.provider.stream(request)) as deltas:
                 async for delta in deltas:
                     if type(delta) is str:
                         if first_delta is None:
@@ -320,11 +383,12 @@ class Producer:
                         parts.append(delta)
                         await append(sid, delta)  # a text event is the delta itself
                     elif isinstance(delta, MessageStart):
+                        choice.opened()
                         usage = delta.usage
-                        self.served_model = delta.model or self.request.model
+                        self.served_model = delta.model or model
                         if not (parts or self._answer.blocks):  # the answer begins here
                             await self._log.set_opening(sid, _opening(self.served_model, usage))
-                        if meter and not meter.charge(self._input_micro_usd(usage)):
+                        if meter and not meter.charge(self._input_micro_usd(model, usage)):
                             over_budget = not await meter.refill()
                             if over_budget:
                                 break
@@ -355,8 +419,9 @@ class Producer:
                 usage.output_tokens = max(usage.output_tokens, self._attempt_deltas)
                 self.estimated = self.estimated or self._attempt_deltas > 0
             self.usage.add(usage)
+            self._cost_usd += self._models.cost_usd(model, usage)
             if first_delta is not None:
-                telemetry.upstream_first_delta(self.request.model, first_delta - started)
+                telemetry.upstream_first_delta(model, first_delta - started)
             attempt.counted(self._attempt_deltas, usage, ended)
         if over_budget:
             assert meter is not None
@@ -373,13 +438,15 @@ class Producer:
         telemetry.upstream_error(exc.error_type)
         if continuing and _rejects_prefill(exc):
             # The model turned out not to accept a prefill: remember, and restart.
-            self._models.mark_rejects_prefill(self.request.model)
+            self._models.mark_rejects_prefill(self.model)
             return await self._restart(exc)
         if not exc.retryable:
             await self._finish_error(exc.message, exc.code, False)
             return False
         if self._attempt_deltas == 0:
             wait = self._retry.delay(self.retries, exc.retry_after)
+            if wait is not None and self._upstream.elsewhere(self.model):
+                wait = 0.0  # another deployment can take it now: no need to wait
             if wait is None:
                 await self._finish_error(exc.message, exc.code, True)
                 return False
@@ -405,7 +472,7 @@ class Producer:
         if self.continuations > self._retry.continuations:
             await self._finish_error(exc.message, exc.code, True)
             return False
-        if self._answer.blocks or not self._models.accepts_prefill(self.request.model):
+        if self._answer.blocks or not self._models.accepts_prefill(self.model):
             return await self._restart(exc)
         telemetry.continued(exc.error_type)
         log_event(
@@ -433,23 +500,25 @@ class Producer:
         await self._log.append(self.stream_id, RESET)
         return True
 
-    def _input_micro_usd(self, usage: Usage) -> float:
+    def _input_micro_usd(self, model: str, usage: Usage) -> float:
         prompt = Usage(
             input_tokens=usage.input_tokens,
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
         )
-        return self._models.cost_usd(self.request.model, prompt) * 1e6
+        return self._models.cost_usd(model, prompt) * 1e6
 
     @property
     def cost_usd(self) -> float:
-        return self._models.cost_usd(self.request.model, self.usage)
+        return round(self._cost_usd, 8)
 
     async def _finish_done(self, stop_reason: str | None, stop_sequence: str | None) -> None:
         self.finished = True
         self.status, self.stop_reason_text = "done", stop_reason
         usage = self.usage.as_dict()
-        done = events.Done(stop_reason, usage, self.cost_usd, stop_sequence=stop_sequence)
+        done = events.Done(
+            stop_reason, usage, self.cost_usd, stop_sequence=stop_sequence, model=self.model
+        )
         await self._log.append(self.stream_id, done)
 
     async def _finish_error(self, message: str, code: str, retryable: bool) -> None:

@@ -72,6 +72,7 @@ def _meta_fields(meta: StreamMeta) -> dict[str, str | bytes]:
         "principal": meta.principal,
         "route": meta.route,
         "restartable": "1" if meta.restartable else "0",
+        "fallback": "1" if meta.fallback else "0",
         "request": orjson.dumps(dataclasses.asdict(request)) if request else b"",
     }
 
@@ -90,6 +91,7 @@ def _meta_from(stream_id: str, h: dict[bytes, bytes]) -> StreamMeta:
         principal=h.get(b"principal", b"").decode(),
         route=h.get(b"route", b"api").decode(),
         restartable=h.get(b"restartable", b"1") == b"1",
+        fallback=h.get(b"fallback", b"1") == b"1",
         opening=_opening_from(h[b"opening"]) if b"opening" in h else None,
     )
 
@@ -184,10 +186,10 @@ class RedisLog:
             url, max_connections=max_connections, timeout=5, socket_connect_timeout=2
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        # Three more: the XREAD BLOCK that follows remote streams, the cancel and the
-        # gate's subscriptions.
+        # Four more: the XREAD BLOCK that follows remote streams, and the cancel, the
+        # gate's and the upstream pool's subscriptions.
         follow_pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=3, timeout=5, socket_connect_timeout=2
+            url, max_connections=4, timeout=5, socket_connect_timeout=2
         )
         self.blocking_client = aioredis.Redis(connection_pool=follow_pool)
         self._writes = _WriteBatcher(self._redis)
