@@ -63,7 +63,7 @@ def _body(
             "id": f"chatcmpl-{stream_id}",
             "object": "chat.completion",
             "created": created,
-            "model": model,
+            "model": done.model or model,  # the one that answered: a fallback may differ
             "choices": [choice],
             "usage": usage_of(done),
         }

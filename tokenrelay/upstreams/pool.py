@@ -329,6 +329,7 @@ class Pool:
             outcome = "cancelled"
             if choice.probe:
                 d.health.probing = False
+                self._spawn(self._shared.release_probe(d.name))
         telemetry.upstream_attempt(d.name, outcome)
 
     def _cool(self, d: Deployment, seconds: float, reason: str, failures: int, now: float) -> None:

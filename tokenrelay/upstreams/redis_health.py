@@ -74,6 +74,10 @@ class RedisHealth:
             return True  # without the store, each instance probes for itself
         return bool(claimed)
 
+    async def release_probe(self, name: str) -> None:
+        with contextlib.suppress(OSError, RedisError):  # else it lapses
+            await self._client.delete(f"tr:up:probe:{name}")
+
     async def _refresh(self) -> None:
         if not self._names or self._on_change is None:
             return

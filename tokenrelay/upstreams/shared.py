@@ -29,6 +29,10 @@ class SharedHealth(Protocol):
         """True when this instance's next call to `name` is the probe (nobody else's is)."""
         ...
 
+    async def release_probe(self, name: str) -> None:
+        """The probe call ended without a verdict (cancelled): another may probe."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -44,6 +48,9 @@ class LocalHealth:
 
     async def claim_probe(self, name: str, seconds: float) -> bool:
         return True
+
+    async def release_probe(self, name: str) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
