@@ -265,3 +265,30 @@ async def test_without_a_database_the_page_keeps_the_conversation_itself(
             assert await chat.answer_text(0) == first_answer
             assert urlsplit(chat.page.url).fragment == ""
             assert await list_titles(chat) == []
+
+
+async def test_on_a_phone_the_list_opens_over_the_chat(browser: Browser, stack: Stack) -> None:
+    phone = {"viewport": {"width": 375, "height": 740}, "device_scale_factor": 2}
+    prompt = unique("Small screen [[sim:tokens=5]]")
+    async with chat_page(browser, stack.gateway, **phone) as chat:
+        page = chat.page
+        await chat.send(prompt)
+        await chat.wait_for_state("done")
+        conversation_id = open_id(chat)
+        assert await page.get_by_test_id("sidebar").is_hidden()
+        await page.get_by_test_id("sidebar-toggle").click()
+        assert await page.get_by_test_id("sidebar").is_visible()
+        await chat.screenshot("phone-conversations")
+        box = await page.get_by_test_id("sidebar").bounding_box()
+        assert box is not None and box["x"] == 0 and box["width"] <= 375
+        await page.click("#new-chat")
+        assert await page.get_by_test_id("sidebar").is_hidden()
+        assert await page.locator(".turn").count() == 0
+        await page.get_by_test_id("sidebar-toggle").click()
+        await page.get_by_test_id("conversation-open").first.click()
+        await page.wait_for_function(
+            "() => document.querySelectorAll('.turn').length === 1", timeout=WAIT_MS
+        )
+        assert open_id(chat) == conversation_id
+        assert await page.get_by_test_id("sidebar").is_hidden()
+        assert await page.evaluate("() => document.documentElement.scrollWidth") == 375

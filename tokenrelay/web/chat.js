@@ -713,7 +713,7 @@ function drawItem(conversation) {
   });
   remove.addEventListener("blur", () => {
     delete remove.dataset.armed;
-    remove.textContent = "Delete";
+    remove.textContent = "✕";
   });
   return item;
 }
