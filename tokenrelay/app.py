@@ -24,6 +24,7 @@ from tokenrelay.routes import (
     openapi,
     ops,
     stream,
+    upstreams,
     usage,
     web,
 )
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     app.include_router(messages.router)
     app.include_router(openai_chat.router)
     app.include_router(usage.router)
+    app.include_router(upstreams.router)
     app.include_router(health.router)
     if not settings.metrics_port:  # else /metrics is on its own port only
         app.include_router(metrics.router)
