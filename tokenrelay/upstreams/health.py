@@ -7,9 +7,10 @@ A deployment is, at any moment:
   probing   its cool-down is over and one call (the probe, claimed across instances)
             is finding out whether it is back: others wait for the verdict;
   full      this gateway's own per-minute cap for it (rpm/tpm) is reached.
-A cool-down lasts the upstream's `retry-after` when it gave one, else a back-off that
-doubles with each failure in a row (`base`, `2 × base`, … up to `ceiling`). The first
-call that gets an answer started ends it: failures go back to 0.
+A cool-down lasts the upstream's `retry-after` when it gave one (the upstream said how
+long: it is not escalated), else a back-off that doubles with each such cool-down in a
+row (`base`, `2 × base`, … up to `ceiling`). The first call that gets an answer started
+ends it: the counts go back to 0.
 
 Times are `time.monotonic()`; only what is shown (`until` in a snapshot) is wall-clock.
 """
@@ -46,7 +47,8 @@ class RateLimitView:
 @dataclass(slots=True)
 class Health:
     in_flight: int = 0
-    failures: int = 0  # in a row; the next cool-down's back-off doubles with each
+    failures: int = 0  # calls in a row that cooled it
+    backoffs: int = 0  # cool-downs in a row without a retry-after: the next one doubles
     cooling_until: float = 0.0
     reason: str = ""  # why it cooled
     probing: bool = False  # this instance's probe call is under way

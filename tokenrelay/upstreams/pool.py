@@ -289,7 +289,7 @@ class Pool:
         h = d.health
         h.note(self._clock(), False)
         if h.failures or choice.probe:
-            h.failures, h.reason, h.probing = 0, "", False
+            h.failures, h.backoffs, h.reason, h.probing = 0, 0, "", False
             h.cooling_until = h.probe_elsewhere_until = 0.0
             telemetry.upstream_probe(d.name, "ok")
             log_event(log, "upstream_recovered", deployment=d.name)
@@ -314,7 +314,8 @@ class Pool:
         elif exc.retry_after:
             seconds = min(exc.retry_after, ceiling)
         else:
-            seconds = backoff(h.failures, base, ceiling)
+            h.backoffs += 1
+            seconds = backoff(h.backoffs, base, ceiling)
         self._cool(d, seconds, reason, h.failures, now)
         await self._shared.cooled(d.name, seconds, reason, h.failures)
 
@@ -350,7 +351,7 @@ class Pool:
         now = self._clock()
         if seconds <= 0:
             if h.failures:
-                h.failures, h.reason, h.cooling_until = 0, "", 0.0
+                h.failures, h.backoffs, h.reason, h.cooling_until = 0, 0, "", 0.0
                 h.probe_elsewhere_until = 0.0
             return
         until = now + seconds
