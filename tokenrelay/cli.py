@@ -144,6 +144,9 @@ def simulate(
     models: str = typer.Option(
         None, help="The only models served, comma-separated (default: all); others get 404."
     ),
+    batch_seconds: float = typer.Option(
+        2.0, min=0.0, help="Seconds a message batch takes, its requests finishing spread over it."
+    ),
 ) -> None:
     """Run the built-in Claude simulator as a standalone Messages API server."""
     from pathlib import Path
@@ -162,7 +165,7 @@ def simulate(
     run(
         host, port, ttft_ms=ttft_ms, tps=tps,
         replay_dir=Path(replay_dir) if replay_dir else None,
-        limits=RateLimits(rpm, tpm, rate_window), models=served,
+        limits=RateLimits(rpm, tpm, rate_window), models=served, batch_seconds=batch_seconds,
     )  # fmt: skip
 
 

@@ -163,6 +163,25 @@ class Plan:
         return self.ttft_s + index / self.tps
 
 
+def whole_message(plan: Plan) -> dict[str, Any]:
+    """The answer as one Message, as a request that does not stream gets it."""
+    content: list[dict[str, Any]] = []
+    if plan.deltas or plan.tool is None:
+        content.append({"type": "text", "text": plan.text})
+    if plan.thinking is not None:
+        thinking = {"type": "thinking", "thinking": plan.thinking_text}
+        content.insert(0, {**thinking, "signature": plan.signature})
+    if plan.tool:
+        tool = plan.tool
+        content.append({"type": "tool_use", "id": tool.id, "name": tool.name, "input": tool.input})
+    return {
+        "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
+        "content": content, "stop_reason": plan.stop_reason,
+        "stop_sequence": plan.stop_sequence,
+        "usage": {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens},
+    }  # fmt: skip
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content

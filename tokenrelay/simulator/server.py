@@ -10,6 +10,7 @@ tests can see, for instance, that a cancelled stream's connection really went aw
 As one deployment of a gateway's pool it has Claude's rate limits and their headers,
 serves only the models it is told to, and takes faults from `POST /_sim/fault` (see
 control.py), applied before anything the prompt asks; `POST /_sim/reset` starts it afresh.
+Claude's Message Batches API is batches.py's; this layer only hands it its requests.
 
 Plain ASGI rather than a framework: it is also the fast fake upstream of benchmarks,
 so each delta costs one pre-formatted write.
@@ -31,8 +32,9 @@ import orjson
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
+from tokenrelay.simulator import batches
 from tokenrelay.simulator.control import Faults, Header, RateLimits, admission_tokens
-from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator
+from tokenrelay.simulator.engine import Fault, Plan, SimError, Simulator, whole_message
 from tokenrelay.simulator.replay import Replays, requested
 
 # Versions of the API that refuse sampling parameters (ANTHROPIC-PROTOCOL.md §1).
@@ -77,11 +79,12 @@ def _error_json(error_type: str, message: str, request_id: str) -> bytes:
 class SimulatorApp:
     def __init__(
         self, simulator: Simulator, replays: Replays | None = None,
-        limits: RateLimits | None = None,
+        limits: RateLimits | None = None, batch_seconds: float = 2.0,
     ) -> None:  # fmt: skip
         self.simulator = simulator
         self.replays = replays
         self.limits = limits or RateLimits()
+        self.batches = batches.Batches(simulator, batch_seconds)
         self.faults = Faults()
         self.stats = Stats()
         self.traceparents: deque[str] = deque(maxlen=1000)
@@ -101,6 +104,8 @@ class SimulatorApp:
             await self._messages(scope, receive, send, request_id)
         elif path == "/v1/messages/count_tokens" and method == "POST":
             await self._count_tokens(scope, receive, send, request_id)
+        elif path.startswith(batches.PREFIX):
+            await self._batches(scope, receive, send, request_id)
         elif path == "/healthz" and method == "GET":
             await _json(send, 200, b'{"status":"ok"}', request_id)
         elif path == "/_sim/stats" and method == "GET":
@@ -206,6 +211,21 @@ class SimulatorApp:
         else:
             await self._complete(plan, send, request_id, extra)
 
+    async def _batches(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self._note_key(dict(scope["headers"]))
+        host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode("latin-1")
+        reply = batches.route(
+            self.batches, scope["method"], scope["path"], scope["query_string"],
+            await _read_body(receive), f"http://{host}", request_id,
+        )  # fmt: skip
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", b"%d" % len(reply.body)),
+            (b"request-id", request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
     async def _count_tokens(
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
@@ -246,27 +266,7 @@ class SimulatorApp:
     async def _complete(self, plan: Plan, send: Send, request_id: str, extra: list[Header]) -> None:
         if plan.ttft_s:
             await asyncio.sleep(plan.ttft_s)
-        content: list[dict[str, Any]] = []
-        if plan.deltas or plan.tool is None:
-            content.append({"type": "text", "text": plan.text})
-        if plan.thinking is not None:
-            thinking = {"type": "thinking", "thinking": plan.thinking_text}
-            content.insert(0, {**thinking, "signature": plan.signature})
-        if plan.tool:
-            content.append(
-                {
-                    "type": "tool_use",
-                    "id": plan.tool.id,
-                    "name": plan.tool.name,
-                    "input": plan.tool.input,
-                }
-            )
-        message = {
-            "id": plan.message_id, "type": "message", "role": "assistant", "model": plan.model,
-            "content": content, "stop_reason": plan.stop_reason,
-            "stop_sequence": plan.stop_sequence,
-            "usage": {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens},
-        }  # fmt: skip
+        message = whole_message(plan)
         self.stats.completed += 1
         await _json(send, 200, orjson.dumps(message), request_id, extra)
 
@@ -480,10 +480,11 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 def create_app(
     ttft_ms: int = 300, tps: float = 60.0, replay_dir: Path | None = None, *,
     limits: RateLimits | None = None, models: frozenset[str] | None = None,
+    batch_seconds: float = 2.0,
 ) -> SimulatorApp:  # fmt: skip
     replays = Replays(replay_dir) if replay_dir is not None else None
     simulator = Simulator(ttft_ms=ttft_ms, tps=tps, served=models)
-    return SimulatorApp(simulator, replays, limits)
+    return SimulatorApp(simulator, replays, limits, batch_seconds)
 
 
 class _QuietDrops(logging.Filter):
@@ -496,10 +497,14 @@ class _QuietDrops(logging.Filter):
 def run(
     host: str, port: int, *, ttft_ms: int, tps: float, replay_dir: Path | None = None,
     limits: RateLimits | None = None, models: frozenset[str] | None = None,
+    batch_seconds: float = 2.0,
 ) -> None:  # fmt: skip
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    app = create_app(
+        ttft_ms, tps, replay_dir, limits=limits, models=models, batch_seconds=batch_seconds
+    )
     uvicorn.run(
-        create_app(ttft_ms, tps, replay_dir, limits=limits, models=models),
+        app,
         host=host,
         port=port,
         loop="uvloop",
