@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -70,8 +71,21 @@ class _DeploymentModel(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            url = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # a malformed host, e.g. an unclosed [IPv6
+            url = False
+        if not url:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            # A URL is shown (GET /api/upstreams, logs): credentials in it are a key inline.
+            raise ValueError(
+                "must not hold credentials (user:password@): name the key with api_key_env "
+                "or api_key_file"
+            )
         return value
 
     @model_validator(mode="after")
@@ -135,7 +149,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> PoolConfig:
         yaml_file = path.suffix in (".yaml", ".yml")
         raw = yaml.safe_load(text) if yaml_file else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise UpstreamsConfigError(f"{path}: not valid {_format(path)}: {exc}") from None
+        raise UpstreamsConfigError(f"{path}: not valid {_format(path)}: {_syntax(exc)}") from None
     if not isinstance(raw, dict):
         raise UpstreamsConfigError(f"{path}: expected a table of [[deployment]] entries")
     try:
@@ -172,6 +186,20 @@ def from_settings(settings: Settings, environ: Mapping[str, str] | None = None) 
         cooldown_base_s=settings.retry_base_delay,
         cooldown_max_s=max(settings.retry_max_delay, settings.retry_base_delay),
     )
+
+
+def _syntax(exc: Exception) -> str:
+    """What is wrong and where, never the text there: PyYAML quotes the line it stopped
+    at, which may be a key someone wrote inline."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is None:
+            return problem
+        return f"{problem} (at line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(exc, yaml.YAMLError):
+        return "syntax error"
+    return str(exc)  # tomllib's messages say where, never what is there
 
 
 def _format(path: Path) -> str:
