@@ -149,14 +149,14 @@ def _schema_differences(connection: Connection) -> list[Any]:
 
 async def test_db_upgrade_creates_the_schema_once(database_url: str) -> None:
     first = tokenrelay("db", "upgrade", "--database-url", database_url)
-    assert (first.returncode, first.stdout) == (0, "upgraded to 0002\n"), first.stderr
+    assert (first.returncode, first.stdout) == (0, "upgraded to 0003\n"), first.stderr
     again = tokenrelay("db", "upgrade", "--database-url", database_url)
-    assert (again.returncode, again.stdout) == (0, "already at 0002\n"), again.stderr
+    assert (again.returncode, again.stdout) == (0, "already at 0003\n"), again.stderr
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-            assert [tuple(v) for v in versions] == [("0002",)]
+            assert [tuple(v) for v in versions] == [("0003",)]
             # The migrations make exactly the tables the code reads and writes.
             assert await conn.run_sync(_schema_differences) == []
     finally:

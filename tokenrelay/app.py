@@ -15,6 +15,7 @@ from tokenrelay.gateway import Gateway, open_gateway, prepare
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.exporter import metrics_server
 from tokenrelay.routes import (
+    batches,
     conversations,
     errors,
     health,
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
     app.include_router(stream.router)
     app.include_router(conversations.router)
+    app.include_router(batches.router)
     app.include_router(messages.router)
     app.include_router(openai_chat.router)
     app.include_router(usage.router)

@@ -31,8 +31,10 @@ from tokenrelay.validation import Limits, RequestValidator
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+    from tokenrelay.batches.service import Batches
     from tokenrelay.conversations.service import Conversations
     from tokenrelay.streams.log import StreamLog
+    from tokenrelay.upstreams.pool import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class Gateway:
     budgets: Budgets
     ledger: Ledger | None = None  # None: TOKENRELAY_DATABASE_URL=off
     conversations: Conversations | None = None  # in the ledger's database; None without one
+    batches: Batches | None = None  # in the ledger's database; None without one
     ops: OpsMonitor | None = None  # what the operations page shows
     # The operations feed's tickets: this instance's own, since the feed describes it.
     ops_tickets: TicketStore = field(default_factory=MemoryTickets)
@@ -104,6 +107,17 @@ def conversations_of(
         settings.conversation_max_input_tokens, settings.max_prompt_chars, settings.max_messages
     )
     return Conversations(ConversationStore(ledger.engine), log, fit)
+
+
+def batches_of(ledger: Ledger | None, pool: Pool, models: ModelTable) -> Batches | None:
+    """The batches, in the ledger's database (on its engine); None without one."""
+    from tokenrelay.batches.service import Batches
+    from tokenrelay.batches.store import BatchStore
+    from tokenrelay.usage.ledger import SqlLedger
+
+    if not isinstance(ledger, SqlLedger):
+        return None
+    return Batches(BatchStore(ledger.engine), pool, models)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -236,6 +250,10 @@ async def open_gateway(
             stack.push_async_callback(conversations.aclose)
         stack.push_async_callback(manager.aclose)
         await manager.open()
+        batches = batches_of(ledger, pool, prepared.models)
+        if batches is not None:
+            batches.start()  # the refresher: closed before the pool and the ledger
+            stack.push_async_callback(batches.aclose)
         ops = OpsMonitor(manager, ledger)
         ops.start()
         stack.push_async_callback(ops.aclose)  # first: it reads the manager and the ledger
@@ -254,6 +272,7 @@ async def open_gateway(
             budgets,
             ledger=ledger,
             conversations=conversations,
+            batches=batches,
             ops=ops,
             tracing=tracing,
         )

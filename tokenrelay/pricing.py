@@ -2,6 +2,7 @@
 they accept an assistant prefill (ANTHROPIC-PROTOCOL.md §5, §6).
 
 Prices are USD per million tokens and change; `Settings.prices_file` overrides them.
+A batch (Claude's Message Batches API) is billed at `batch_discount` of these prices.
 """
 
 from __future__ import annotations
@@ -54,17 +55,28 @@ DEFAULT_MODELS: dict[str, ModelInfo] = {
 }
 
 
+# What Claude bills a batch's requests, as a fraction of the table's prices.
+BATCH_DISCOUNT = 0.5
+
+
 class ModelTable:
-    def __init__(self, models: dict[str, ModelInfo] | None = None) -> None:
+    def __init__(
+        self, models: dict[str, ModelInfo] | None = None, batch_discount: float = BATCH_DISCOUNT
+    ) -> None:
         self.models = dict(DEFAULT_MODELS if models is None else models)
+        self.batch_discount = batch_discount
 
     @classmethod
     def from_file(cls, path: Path | None) -> ModelTable:
-        """Defaults, with the entries of a JSON file `{"model": {"input": 1, ...}}` laid over."""
+        """Defaults, with the entries of a JSON file `{"model": {"input": 1, ...}}` laid over;
+        its `"batch_discount": 0.5`, if any, sets the batch price's fraction."""
         table = cls()
         if path is None:
             return table
         for name, fields in orjson.loads(path.read_bytes()).items():
+            if name == "batch_discount":
+                table.batch_discount = float(fields)
+                continue
             base = table.models.get(name, _m(0, 0, 0, 0, 0, False))
             merged = {**_fields(base), **fields}
             table.models[name] = ModelInfo(**merged)
@@ -89,7 +101,8 @@ class ModelTable:
         info = self.models.get(model)
         return info.output if info is not None else 0.0
 
-    def cost_usd(self, model: str, usage: Usage) -> float:
+    def cost_usd(self, model: str, usage: Usage, *, batch: bool = False) -> float:
+        """What `usage` costs at `model`'s prices; at the batch discount for a batch's."""
         info = self.models.get(model)
         if info is None:
             return 0.0
@@ -99,4 +112,6 @@ class ModelTable:
             + usage.cache_read_input_tokens * info.cache_read
             + usage.output_tokens * info.output
         )
+        if batch:
+            total *= self.batch_discount
         return round(total / 1e6, 8)

@@ -1,5 +1,6 @@
-"""The ledger's tables as SQLAlchemy Core: `stream_usage`, a row per stream; and the
-stored conversations, `conversations` and `conversation_messages`.
+"""The ledger's tables as SQLAlchemy Core: `stream_usage`, a row per stream (and per
+request of a batch); the stored conversations, `conversations` and
+`conversation_messages`; the batches, `batches` and `batch_requests`.
 
 This is what the code reads and writes; the migrations in `migrations/versions/` are
 what creates it, frozen per revision (a test checks that the two agree).
@@ -61,6 +62,9 @@ stream_usage = Table(
     Column("duration_ms", Float, nullable=False),
     Column("started_at", UTC_TIME, nullable=False),
     Column("finished_at", UTC_TIME, nullable=False),
+    # "stream" (every streaming route), or "batch": a request of a batch (its stream_id
+    # is "<batch id>.<position>", its request_id "<batch id>/<custom_id>").
+    Column("route", String(16), nullable=False, server_default="stream"),
     # The idempotency of writes: a batch retried after an ambiguous failure (the commit
     # may have happened) inserts nothing twice (ON CONFLICT (stream_id) DO NOTHING).
     UniqueConstraint("stream_id", name="uq_stream_usage_stream_id"),
@@ -108,4 +112,48 @@ conversation_messages = Table(
     Column("error", Text),
     Column("created_at", UTC_TIME, nullable=False),
     UniqueConstraint("conversation_id", "position", name="uq_conversation_messages_position"),
+)
+
+# Batches (tokenrelay/batches/): a row per batch, a row per request in it. The results
+# land in `stream_usage` once: in the transaction whose conditional UPDATE sets
+# `results_recorded` (only where it is false), however many instances or readers try.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("upstream_id", String(128)),  # NULL while it is being submitted
+    Column("deployment", String(128), nullable=False),
+    # submitting | in_progress | canceling | ended
+    Column("processing_status", String(32), nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("processing", Integer, nullable=False),
+    Column("succeeded", Integer, nullable=False),
+    Column("errored", Integer, nullable=False),
+    Column("canceled", Integer, nullable=False),
+    Column("expired", Integer, nullable=False),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("ended_at", UTC_TIME),
+    Column("refreshed_at", UTC_TIME, nullable=False),
+    Column("results_recorded", Boolean, nullable=False),
+    Column("cost_usd", COST),  # NULL until the results are recorded
+    # The list: the owner's, newest first.
+    Index("ix_batches_owner_created_at", "owner", "created_at", "id"),
+    # The refresher's: the batches whose results are not in yet.
+    Index("ix_batches_results_recorded", "results_recorded"),
+)
+
+batch_requests = Table(
+    "batch_requests",
+    metadata,
+    Column(
+        "batch_id",
+        String(40),
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_batch_requests_batch"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),  # 0, 1, 2, … in the input's order
+    Column("custom_id", String(64), nullable=False),
+    Column("model", String(128), nullable=False),  # the model asked for
+    Column("result", Text),  # JSON: the line GET /api/batches/{id}/results gives; NULL before
 )
