@@ -36,10 +36,10 @@ class RateLimitView:
     remaining: int | None = None
     reset_at: float = 0.0  # monotonic
 
-    @property
-    def headroom(self) -> float:
-        """The part of the limit left: 1.0 when unknown."""
-        if not self.limit or self.remaining is None:
+    def headroom(self, now: float) -> float:
+        """The part of the limit left: 1.0 when unknown, or once the window the figures
+        are of has reset (a spent limit is whole again, though no answer said so yet)."""
+        if not self.limit or self.remaining is None or 0 < self.reset_at <= now:
             return 1.0
         return max(0.0, min(1.0, self.remaining / self.limit))
 
@@ -82,8 +82,8 @@ class Health:
                 until = max(until, view.reset_at)
         return until
 
-    def headroom(self) -> float:
-        return min(self.requests.headroom, self.tokens.headroom)
+    def headroom(self, now: float) -> float:
+        return min(self.requests.headroom(now), self.tokens.headroom(now))
 
     def note(self, now: float, failed: bool) -> None:
         recent = self.recent

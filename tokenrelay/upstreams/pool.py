@@ -255,7 +255,7 @@ class Pool:
         ready = [d for d in self.deployments if d.config.serves(model) and self._ready(d, now)]
         candidates = [d for d in ready if d.name not in avoid] or ready
         while candidates:
-            d = _smooth_weighted(candidates)
+            d = _smooth_weighted(candidates, now)
             h = d.health
             probe = h.failures > 0
             if probe and not await self._shared.claim_probe(d.name, PROBE_S):
@@ -424,12 +424,12 @@ def _min_retry(pool: Pool, models: Sequence[str]) -> float:
     return min(known) if known else 0.05
 
 
-def _smooth_weighted(candidates: list[Deployment]) -> Deployment:
+def _smooth_weighted(candidates: list[Deployment], now: float) -> Deployment:
     total = 0.0
     best: Deployment | None = None
     for d in candidates:
         h = d.health
-        effective = d.config.weight * max(0.05, h.headroom()) / (1 + h.in_flight)
+        effective = d.config.weight * max(0.05, h.headroom(now)) / (1 + h.in_flight)
         h.current += effective
         total += effective
         if best is None or h.current > best.health.current:
