@@ -53,6 +53,7 @@ class Batches:
         self._models = models
         self._refresh_every = refresh_every
         self._refresher: asyncio.Task[None] | None = None
+        self._upstreams: dict[str, BatchUpstream] = {}  # by deployment, made when first used
 
     def start(self) -> None:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="batch-refresher")
@@ -62,12 +63,14 @@ class Batches:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        for upstream in self._upstreams.values():
+            await upstream.aclose()
 
     # -- what the routes call ---------------------------------------------------------
 
     async def submit(self, owner: str, items: Sequence[BatchItem]) -> Batch:
         deployment = self._deployment_for({item.request.model for item in items})
-        upstream = _upstream(deployment)
+        upstream = self._upstream(deployment)
         requests = [Request(i, item.custom_id, item.request.model) for i, item in enumerate(items)]
         batch = await self.store.create(owner, deployment.name, requests)
         try:
@@ -239,20 +242,18 @@ class Batches:
 
     def _upstream_of(self, batch: Batch) -> BatchUpstream:
         for d in self._pool.deployments:
-            if d.name == batch.deployment:
-                return _upstream(d)
+            if d.name == batch.deployment and d.config.kind == "anthropic":
+                return self._upstream(d)
         raise BatchesUnavailable(
             f"Batch {batch.id} was sent to deployment {batch.deployment!r}, which is not "
             "configured any more"
         )
 
+    def _upstream(self, deployment: Deployment) -> BatchUpstream:
+        upstream = self._upstreams.get(deployment.name)
+        if upstream is None:
+            # The SDK is loaded only now: a gateway that never sees a batch never imports it.
+            from tokenrelay.batches.upstream import BatchUpstream
 
-def _upstream(deployment: Deployment) -> BatchUpstream:
-    # The SDK is loaded only now: a gateway that never sees a batch never imports it here.
-    from tokenrelay.batches.upstream import BatchUpstream
-    from tokenrelay.providers.anthropic import AnthropicProvider
-
-    provider = deployment.provider
-    if not isinstance(provider, AnthropicProvider):
-        raise BatchesUnavailable(NO_BATCH_API)
-    return BatchUpstream(provider)
+            upstream = self._upstreams[deployment.name] = BatchUpstream(deployment.config)
+        return upstream

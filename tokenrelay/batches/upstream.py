@@ -1,8 +1,11 @@
-"""A deployment's Message Batches API, through the official SDK on its provider's client.
+"""A deployment's Message Batches API, through the official SDK.
 
-The SDK sends and parses (`client.messages.batches`); its errors are mapped as a
-stream's are (`providers.anthropic.map_sdk_errors`), to `UpstreamError`. Imported only
-when a batch is sent or looked at: a gateway that never sees one never loads this.
+The SDK sends and parses (`client.messages.batches`); its errors are mapped as an SDK
+stream's are (`providers.anthropic.map_sdk_errors`), to `UpstreamError`. The client is
+the batches' own, one per deployment, made from its settings (base URL, key): streams
+may go by the gateway's lean HTTP path, which has no Batch API. Its retries are off:
+a create retried after a lost answer would make a second batch. Imported only when a
+batch is sent or looked at: a gateway that never sees one never loads the SDK here.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anthropic
+
 from tokenrelay.batches.store import Counts, Progress
-from tokenrelay.providers.anthropic import SAMPLING_API_VERSION, AnthropicProvider, map_sdk_errors
+from tokenrelay.providers.anthropic import SAMPLING_API_VERSION, map_sdk_errors
 from tokenrelay.providers.base import GenerationRequest
+from tokenrelay.upstreams.config import DeploymentConfig
 
 _OPTIONAL = ("system", "stop_sequences", "tools", "tool_choice", "metadata", "thinking",
              "temperature", "top_p")  # fmt: skip
@@ -50,8 +56,14 @@ def _progress(batch: Any) -> Progress:
 
 
 class BatchUpstream:
-    def __init__(self, provider: AnthropicProvider) -> None:
-        self._batches = provider.batches
+    def __init__(self, deployment: DeploymentConfig) -> None:
+        self._client = anthropic.AsyncAnthropic(
+            api_key=deployment.api_key or "", base_url=deployment.base_url, max_retries=0
+        )
+        self._batches = self._client.messages.batches
+
+    async def aclose(self) -> None:
+        await self._client.close()
 
     async def create(
         self, requests: Sequence[tuple[str, GenerationRequest]]

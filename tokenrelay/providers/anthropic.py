@@ -245,10 +245,5 @@ class AnthropicProvider:
             counted = await self._client.messages.count_tokens(**params)
         return counted.input_tokens
 
-    @property
-    def batches(self) -> anthropic.resources.messages.AsyncBatches:
-        """Claude's Message Batches API on this deployment's client (tokenrelay/batches/)."""
-        return self._client.messages.batches
-
     async def aclose(self) -> None:
         await self._client.close()
