@@ -193,6 +193,16 @@ def chat(
 
 @app.command()
 def bench(
+    suite: bool = typer.Option(
+        False, "--suite", help="Run every scenario (docs/benchmarks.md), in rounds."
+    ),
+    rounds: int = typer.Option(3, min=1, help="--suite: rounds of each scenario."),
+    quick: bool = typer.Option(False, "--quick", help="--suite: small versions of each."),
+    compare_with: str = typer.Option(
+        None, "--compare", help="--suite: a previous run's JSON; exit 1 if a figure is worse."
+    ),
+    svg: str = typer.Option(None, "--svg", help="--suite: draw the plot to this SVG file."),
+    json_file: str = typer.Option(None, "--json-file", help="Write the JSON to this file."),
     gateway: str = typer.Option(None, help="Gateway URL; default: start one here."),
     upstream: str = typer.Option(None, help="Upstream URL; default: start a simulator here."),
     gateway_pid: int = typer.Option(None, help="PID of the gateway, for its CPU and memory."),
@@ -211,10 +221,20 @@ def bench(
     ),
     queue_size: int = typer.Option(0, help="The started gateway's queue beyond the cap."),
 ) -> None:
-    """Compare the gateway with a direct connection to the upstream, in one run."""
+    """Compare the gateway with a direct connection to the upstream, in one run
+    (--suite: every scenario, in rounds, each stream's text checked)."""
     from tokenrelay.client.bench import BenchConfig
-    from tokenrelay.client.bench_run import run_bench
+    from tokenrelay.client.bench_run import run_bench, run_suite_command
+    from tokenrelay.client.bench_suite import SuiteConfig
 
+    if suite:
+        if gateway or upstream or gateway_pid:
+            raise typer.BadParameter("--suite starts its own gateways and simulator")
+        code = run_suite_command(
+            SuiteConfig(rounds=rounds, quick=quick, store=store),
+            json_file=json_file, json_out=json_out, previous=compare_with, svg=svg,
+        )  # fmt: skip
+        raise typer.Exit(code)
     config = BenchConfig(
         concurrency=concurrency, total=total, tokens=tokens, tps=tps, ttft_ms=ttft_ms,
         model=model, max_concurrent=max_concurrent, queue_size=queue_size,
@@ -226,6 +246,7 @@ def bench(
         gateway_pid=gateway_pid,
         json_out=json_out,
         store=store,
+        json_file=json_file,
     )
     raise typer.Exit(0 if ok else 1)
 

@@ -40,6 +40,9 @@ class StreamResult:
     ended: bool = False
     error: str | None = None
     queued: bool = False  # it waited in the gateway's queue (a `queued` event came)
+    # The whole response as read, when asked for: its text is checked after the phase,
+    # so that parsing costs nothing while the phase is measured.
+    raw: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -108,8 +111,11 @@ def gateway_target(gateway: str, prompt: str, tokens: int, model: str) -> Target
     )  # fmt: skip
 
 
-async def run_stream(target: Target, stream_timeout: float, number: int = 0) -> StreamResult:
+async def run_stream(
+    target: Target, stream_timeout: float, number: int = 0, keep: bool = False
+) -> StreamResult:
     result = StreamResult()
+    raw = result.raw = [] if keep else None
     parts = urlsplit(target.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = target.body.replace(STREAM_NUMBER, b"%d" % number)
@@ -129,6 +135,8 @@ async def run_stream(target: Target, stream_timeout: float, number: int = 0) -> 
                 writer.write(request)
                 tail = b""
                 while chunk := await reader.read(65536):
+                    if raw is not None:
+                        raw.append(chunk)
                     window = tail + chunk
                     count = window.count(marker) - tail.count(marker)
                     if count and result.ttft is None:
@@ -151,13 +159,13 @@ async def run_stream(target: Target, stream_timeout: float, number: int = 0) -> 
 
 
 async def run_phase(
-    target: Target, concurrency: int, total: int, stream_timeout: float
+    target: Target, concurrency: int, total: int, stream_timeout: float, keep: bool = False
 ) -> PhaseResult:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(number: int) -> StreamResult:
         async with semaphore:
-            return await run_stream(target, stream_timeout, number)
+            return await run_stream(target, stream_timeout, number, keep)
 
     started = time.perf_counter()
     results = await asyncio.gather(*(one(n) for n in range(total)))

@@ -12,7 +12,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -20,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenrelay.client.bench import BenchConfig, Comparison, compare
+from tokenrelay.client.bench_suite import SuiteConfig
+
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -62,6 +66,7 @@ def run_bench(
     gateway_pid: int | None,
     json_out: bool,
     store: str = "memory",
+    json_file: str | None = None,
 ) -> bool:
     with contextlib.ExitStack() as stack:
         if upstream is None:
@@ -91,6 +96,9 @@ def run_bench(
         redis_url = store if store.startswith(("redis://", "rediss://")) else None
         result = _run(compare(gateway, upstream, config, gateway_pid, redis_url))
     summary = result.summary()
+    if json_file:
+        with open(json_file, "wb") as f:
+            f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if json_out:
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -98,7 +106,7 @@ def run_bench(
     return summary["gateway_errors"] == 0 and summary["direct_errors"] == 0
 
 
-def _run(coro: Coroutine[Any, Any, Comparison]) -> Comparison:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
@@ -167,3 +175,61 @@ def print_comparison(result: Comparison) -> None:
         _fmt(s["gateway_kib_per_stream"], " KiB/stream"),
     )
     console.print(table)
+
+
+def run_suite_command(
+    config: SuiteConfig,
+    *,
+    json_file: str | None,
+    json_out: bool,
+    previous: str | None,
+    svg: str | None,
+) -> int:
+    """`tokenrelay bench --suite`: run it, print it, save it; the exit code: 1 when a
+    stream was wrong or a connection not reused, or a figure is worse than `previous`."""
+    from pathlib import Path
+
+    from tokenrelay.client.bench_plot import suite_svg
+    from tokenrelay.client.bench_report import compare, print_comparison, print_suite
+    from tokenrelay.client.bench_suite import run_suite
+
+    before = orjson.loads(Path(previous).read_bytes()) if previous else None  # fail early
+    # Wide enough for the tables in a log file too; stdout is the JSON's with --json.
+    console = Console(stderr=json_out, width=None if sys.stdout.isatty() else 150)
+    with _more_open_files():
+        doc = _run(run_suite(config, lambda s: console.print(f"[dim]{s.name}…[/dim]")))
+    worse_count = 0
+    if before is not None:
+        worse, skipped = compare(before, doc)
+        doc["compared_with"] = {
+            "path": previous,
+            "worse": [asdict(w) for w in worse],
+            "not_compared": skipped,
+        }
+        worse_count = len(worse)
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    if json_file:
+        Path(json_file).write_bytes(data + b"\n")
+    if svg:
+        Path(svg).write_text(suite_svg(doc))
+    if json_out:
+        print(data.decode())
+    print_suite(doc, console)
+    if before is not None:
+        print_comparison(worse, skipped, console)
+    return 0 if doc["ok"] and worse_count == 0 else 1
+
+
+@contextlib.contextmanager
+def _more_open_files() -> Iterator[None]:
+    """Thousands of streams at once: the client's sockets and, inherited, the gateway's
+    and the simulator's need that many descriptors."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

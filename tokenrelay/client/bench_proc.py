@@ -1,0 +1,113 @@
+"""What a process and every process under it cost, read from /proc.
+
+CPU: user and system time of the process, of every live descendant, and of the
+children it has already reaped (`cutime`, `cstime`), so that a gateway with worker
+processes is measured whole. Memory: RSS, and PSS (`smaps_rollup`) where the kernel
+has it, which shares pages shared between processes fairly among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        # After the command's name, which may hold spaces and parentheses.
+        return f.read().rpartition(")")[2].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    parents: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                ppid = int(_stat_fields(int(name))[1])
+                parents.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, ()))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid`'s whole tree, the reaped children's included."""
+    ticks = 0
+    for i, member in enumerate(descendants(pid)):
+        with contextlib.suppress(OSError):
+            fields = _stat_fields(member)
+            ticks += int(fields[11]) + int(fields[12])
+            if i == 0:
+                ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
+
+
+def _kib(path: str, key: str) -> int | None:
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return None
+
+
+@dataclass(slots=True)
+class Memory:
+    rss_kib: int
+    pss_kib: int | None  # None where smaps_rollup cannot be read
+
+
+def memory(members: list[int]) -> Memory:
+    """The summed memory of these processes (a tree, from `descendants`)."""
+    rss = 0
+    pss: int | None = 0
+    for member in members:
+        rss += _kib(f"/proc/{member}/status", "VmRSS:") or 0
+        if pss is not None:
+            one = _kib(f"/proc/{member}/smaps_rollup", "Pss:")
+            pss = None if one is None else pss + one
+    return Memory(rss, pss)
+
+
+@dataclass(slots=True)
+class TreeProbe:
+    """CPU over a phase, and the tree's peak memory while it ran (sampled)."""
+
+    pid: int
+    interval: float = 0.1
+    idle: Memory = field(default_factory=lambda: Memory(0, None))
+    peak: Memory = field(default_factory=lambda: Memory(0, None))
+    _cpu0: float = 0.0
+    _task: asyncio.Task[None] | None = None
+    # The tree as it was at the start: listing it is the costly part of a sample.
+    _members: list[int] = field(default_factory=list)
+
+    async def _sample(self) -> None:
+        while True:
+            now = memory(self._members)
+            self.peak.rss_kib = max(self.peak.rss_kib, now.rss_kib)
+            if now.pss_kib is not None:
+                self.peak.pss_kib = max(self.peak.pss_kib or 0, now.pss_kib)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._members = descendants(self.pid)
+        self.idle = memory(self._members)
+        self.peak = Memory(self.idle.rss_kib, self.idle.pss_kib)
+        self._cpu0 = cpu_seconds(self.pid)
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self) -> float:
+        """CPU seconds since `start`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return cpu_seconds(self.pid) - self._cpu0
