@@ -27,7 +27,13 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("TOKENRELAY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
     )
-    anthropic_base_url: str | None = None
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TOKENRELAY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    # How the gateway speaks to Claude: "aiohttp", its own lean client (no SDK loaded),
+    # or "sdk", the official SDK; they behave the same (tests/contracts runs both).
+    upstream_client: Literal["aiohttp", "sdk"] = "aiohttp"
     connect_timeout: float = 5.0
     # An upstream silent this long (not even a ping) counts as dropped.
     stall_timeout: float = 30.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenrelay.admission.budgets import SpendCounters
 from tokenrelay.admission.gate import Caps, Gate
@@ -22,6 +23,10 @@ from tokenrelay.upstreams.config import DeploymentConfig, PoolConfig
 from tokenrelay.upstreams.pool import Observe, Pool
 from tokenrelay.upstreams.shared import SharedHealth
 from tokenrelay.usage.record import UsageSink
+
+if TYPE_CHECKING:
+    from tokenrelay.providers.anthropic import AnthropicProvider
+    from tokenrelay.providers.anthropic_http import AnthropicHttpProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +59,14 @@ def _simulator(settings: Settings, deployment: DeploymentConfig, observe: Observ
 
 
 def _anthropic(settings: Settings, deployment: DeploymentConfig, observe: Observe) -> Provider:
-    from tokenrelay.providers.anthropic import AnthropicProvider
-
     if deployment.api_key is None:
         raise ValueError("The anthropic provider needs ANTHROPIC_API_KEY")
-    return AnthropicProvider(
+    kind: type[AnthropicHttpProvider | AnthropicProvider]
+    if settings.upstream_client == "sdk":
+        from tokenrelay.providers.anthropic import AnthropicProvider as kind
+    else:  # the SDK's 50 MiB of modules stay unloaded
+        from tokenrelay.providers.anthropic_http import AnthropicHttpProvider as kind
+    return kind(
         api_key=deployment.api_key,
         base_url=deployment.base_url,
         connect_timeout=settings.connect_timeout,

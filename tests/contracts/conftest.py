@@ -1,8 +1,9 @@
 """Contract suites: the same tests over every implementation of a seam.
 
-`provider` is parametrized over both implementations of `Provider`: the simulator
-in-process, and `anthropic` (the official SDK) over a real socket to a `tokenrelay
-simulate` process, so any difference between them fails a test. `simulator_url` is
+`provider` is parametrized over the implementations of `Provider`: the simulator
+in-process, and `anthropic` over a real socket to a `tokenrelay simulate` process, by
+its own client and (`anthropic-sdk`) through the official SDK, so any difference
+between them fails a test. `simulator_url` is
 that process, started once per session; a module that needs the simulator as an
 upstream (a gateway, a producer) may use it too. It counts attempts per request
 (`[[sim:fail_times=K]]`) for the whole session, so a test that relies on the count
@@ -10,7 +11,7 @@ asks a prompt no other test asks.
 
 `make_manager` builds `StreamManager`s in-process over that `provider` and over each
 store's log (`memory`, and `redis` on a throwaway redis-server shared by the session),
-so a test that takes it runs four times: every provider on every store, each with the
+so a test that takes it runs six times: every provider on every store, each with the
 store's own cluster (on Redis: leases, takeover scans and the cancel subscription run
 as in production, so a stream adopted twice or a lease lost would show here).
 """
@@ -27,6 +28,7 @@ from tests.support import Redis, free_port, redis_server, spawn
 from tokenrelay.config import Settings
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.anthropic import AnthropicProvider
+from tokenrelay.providers.anthropic_http import AnthropicHttpProvider
 from tokenrelay.providers.base import Provider
 from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
@@ -34,7 +36,9 @@ from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.upstreams.pool import Pool
 
-PROVIDERS = ("simulator", "anthropic")
+# The in-process simulator, and the anthropic provider's two paths to `tokenrelay
+# simulate`: the gateway's own client (the default) and the official SDK.
+PROVIDERS = ("simulator", "anthropic", "anthropic-sdk")
 STORES = ("memory", "redis")
 # Short, so that `[[sim:stall_after=N]]` costs a test one second, yet far above the
 # simulator's own latency (it sends every delta at once with --tps 0).
@@ -66,6 +70,10 @@ async def open_provider(name: str, simulator_url: str) -> AsyncIterator[Provider
     provider: Provider
     if name == "simulator":
         provider = SimulatorProvider(ttft_ms=0, tps=0)
+    elif name == "anthropic":
+        provider = AnthropicHttpProvider(
+            api_key="sk-test", base_url=simulator_url, stall_timeout=STALL_TIMEOUT
+        )
     else:
         provider = AnthropicProvider(
             api_key="sk-test", base_url=simulator_url, stall_timeout=STALL_TIMEOUT
@@ -79,7 +87,7 @@ async def open_provider(name: str, simulator_url: str) -> AsyncIterator[Provider
 @pytest.fixture(params=PROVIDERS)
 async def provider(request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
     # Only the anthropic provider needs the simulator process.
-    url = request.getfixturevalue("simulator_url") if request.param == "anthropic" else ""
+    url = request.getfixturevalue("simulator_url") if request.param != "simulator" else ""
     async with open_provider(request.param, url) as p:
         yield p
 

@@ -1,7 +1,8 @@
 """The `Provider` contract (providers/base.py), run over every implementation.
 
 Each test runs on the in-process simulator and on the `anthropic` provider reading
-`tokenrelay simulate` over a socket. Expected answers come from a fresh simulator
+`tokenrelay simulate` over a socket, by each of its two paths (its own client and the
+official SDK). Expected answers come from a fresh simulator
 engine planning the same request: the engine is the specification of the text, and
 both providers must stream exactly what it planned, and break exactly where it said.
 """
@@ -447,6 +448,6 @@ async def test_both_implementations_stream_identical_deltas_usage_and_failures(
     both_providers: dict[str, Provider], request_: GenerationRequest
 ) -> None:
     runs = {name: await run(p, request_) for name, p in both_providers.items()}
-    assert runs["simulator"].deltas == runs["anthropic"].deltas
+    assert runs["simulator"].deltas == runs["anthropic"].deltas == runs["anthropic-sdk"].deltas
     failures = {name: r.failure if r.error else None for name, r in runs.items()}
-    assert failures["simulator"] == failures["anthropic"]
+    assert failures["simulator"] == failures["anthropic"] == failures["anthropic-sdk"]

@@ -1,4 +1,6 @@
-"""The `anthropic` provider: one streaming attempt through the official SDK.
+"""The `anthropic` provider through the official SDK (`TOKENRELAY_UPSTREAM_CLIENT=sdk`):
+one streaming attempt. The default path is `anthropic_http`, which speaks the same API
+without the SDK; the contract suite runs both.
 
 The SDK builds and sends the request (auth, headers, error mapping); the response's
 bytes are decoded here (`sse_decode`), which costs a fraction of the SDK's typed events.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 import anthropic
 import httpx2
@@ -19,34 +21,18 @@ import orjson
 
 from tokenrelay.config import Settings
 from tokenrelay.errors import UpstreamError, UpstreamIncomplete, retryable_status
-from tokenrelay.events import Thinking, ThinkingSignature, ToolInput, ToolUseStart
-from tokenrelay.observability.tracing import upstream_headers
-from tokenrelay.providers.base import (
-    Delta,
-    GenerationRequest,
-    MessageEnd,
-    MessageStart,
-    ToolUse,
-    Usage,
+from tokenrelay.providers.base import Delta, GenerationRequest, MessageEnd
+from tokenrelay.providers.claude_stream import (
+    NOT_COUNTED,
+    SAMPLING_API_VERSION,
+    BlockState,
+    request_parts,
+    retry_after,
 )
 from tokenrelay.providers.sse_decode import sse_events
 
-# The SDK's API version rejects temperature and top_p; this one keeps them
-# (ANTHROPIC-PROTOCOL.md §1).
-SAMPLING_API_VERSION = "2023-06-01"
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    for header in ("retry-after-ms", "retry-after"):
-        value = response.headers.get(header)
-        if value is None:
-            continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            continue
-        return seconds / 1000 if header == "retry-after-ms" else seconds
-    return None
+# SAMPLING_API_VERSION too: a caller of the SDK's other APIs (batches) sends it as well.
+__all__ = ["SAMPLING_API_VERSION", "AnthropicProvider", "map_sdk_errors"]
 
 
 @contextlib.contextmanager
@@ -64,7 +50,7 @@ def map_sdk_errors() -> Iterator[None]:
             status=status,
             error_type=error_type,
             retryable=retryable_status(status),
-            retry_after=_retry_after(exc.response),
+            retry_after=retry_after(exc.response.headers),
         ) from None
     except (anthropic.APITimeoutError, httpx2.TimeoutException):
         # The SDK wraps a timeout only while sending; one while reading the body (the
@@ -72,71 +58,6 @@ def map_sdk_errors() -> Iterator[None]:
         raise UpstreamIncomplete("upstream timed out (stalled)") from None
     except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
         raise UpstreamIncomplete(f"upstream connection failed: {type(exc).__name__}") from None
-
-
-class _BlockState:
-    """Turns Claude's stream events into deltas, remembering which block is open."""
-
-    __slots__ = ("open_block", "output_tokens", "stop_reason", "stop_sequence", "tool", "tool_json")
-
-    def __init__(self) -> None:
-        self.open_block: str | None = None
-        self.tool: tuple[str, str] | None = None
-        self.tool_json: list[str] = []
-        self.stop_reason: str | None = None
-        self.stop_sequence: str | None = None
-        self.output_tokens = 0
-
-    def feed(self, event: dict[str, Any]) -> Delta | None:
-        kind = event["type"]
-        if kind == "content_block_delta":
-            delta = event["delta"]
-            of = delta["type"]
-            if of == "text_delta":
-                return cast(str, delta["text"])
-            if of == "input_json_delta":
-                fragment: str = delta["partial_json"]
-                self.tool_json.append(fragment)
-                return ToolInput(fragment)
-            if of == "thinking_delta":
-                return Thinking(delta["thinking"])
-            if of == "signature_delta":
-                return ThinkingSignature(delta["signature"])
-        elif kind == "message_start":
-            message = event["message"]
-            usage = message.get("usage") or {}
-            return MessageStart(
-                message.get("model", ""),
-                Usage(
-                    input_tokens=usage.get("input_tokens") or 0,
-                    cache_creation_input_tokens=usage.get("cache_creation_input_tokens") or 0,
-                    cache_read_input_tokens=usage.get("cache_read_input_tokens") or 0,
-                ),
-            )
-        elif kind == "content_block_start":
-            block = event["content_block"]
-            self.open_block = block["type"]
-            if block["type"] == "tool_use":
-                self.tool, self.tool_json = (block["id"], block["name"]), []
-                return ToolUseStart(block["id"], block["name"])
-        elif kind == "content_block_stop":
-            self.open_block = None
-            if self.tool is not None:
-                tool_id, name = self.tool
-                self.tool = None
-                return ToolUse(tool_id, name, orjson.loads("".join(self.tool_json) or "{}"))
-        elif kind == "message_delta":
-            self.stop_reason = event["delta"].get("stop_reason")
-            self.stop_sequence = event["delta"].get("stop_sequence")
-            self.output_tokens = (event.get("usage") or {}).get("output_tokens", 0)
-        elif kind == "message_stop":
-            return MessageEnd(self.stop_reason, self.output_tokens, self.stop_sequence)
-        elif kind == "error":
-            error = event.get("error") or {}
-            raise UpstreamIncomplete(
-                error.get("message", "upstream error"), error_type=error.get("type", "api_error")
-            )
-        return None
 
 
 class AnthropicProvider:
@@ -184,21 +105,8 @@ class AnthropicProvider:
         )
 
     def _params(self, request: GenerationRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "model": request.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "stream": True,
-        }
-        for name in ("system", "stop_sequences", "tools", "tool_choice", "metadata", "thinking"):
-            value = getattr(request, name)
-            if value is not None:
-                params[name] = value
-        # The attempt's trace context, when it is traced (the upstream's spans join it).
-        trace = upstream_headers()
-        headers = {} if trace is None else dict(trace)
-        sampling = {"temperature": request.temperature, "top_p": request.top_p}
-        sampling = {name: value for name, value in sampling.items() if value is not None}
+        body, sampling, headers = request_parts(request)
+        params: dict[str, Any] = {**body, "stream": True}
         if sampling:
             headers["anthropic-version"] = SAMPLING_API_VERSION
             params["extra_body"] = sampling
@@ -207,7 +115,7 @@ class AnthropicProvider:
         return params
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        state = _BlockState()
+        state = BlockState()
         loads = orjson.loads
         try:
             with map_sdk_errors(), self._observed():
@@ -238,7 +146,7 @@ class AnthropicProvider:
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         params = self._params(request)
-        for name in ("max_tokens", "stream", "stop_sequences", "metadata"):  # not counted
+        for name in (*NOT_COUNTED, "stream"):
             params.pop(name, None)
         params.pop("extra_body", None)  # sampling: nothing to count
         with map_sdk_errors():
