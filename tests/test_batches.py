@@ -354,7 +354,7 @@ async def test_bad_input_is_refused_with_line_numbers_and_a_batch_can_be_cancell
 
             prompts = tmp_path / "five.jsonl"
             prompts.write_bytes(small_batch(5, set(), "cancel"))
-            submitted = stack.cli("submit", str(prompts))
+            submitted = stack.cli("submit", str(prompts), "--model", "claude-sonnet-4-5")
             assert submitted.returncode == 0, submitted.stderr
             bid = submitted.stdout.strip()
             early = stack.cli("results", bid)
@@ -381,9 +381,9 @@ async def test_bad_input_is_refused_with_line_numbers_and_a_batch_can_be_cancell
                 {"custom_id": f"cancel-{i}", "status": "canceled"} for i in range(5)
             ]
             usage = await usage_of(alice)
-            assert sorted((r["request_id"], r["status"], r["cost_usd"]) for r in usage["rows"]) == [
-                (f"{bid}/cancel-{i}", "cancelled", 0.0) for i in range(5)
-            ]
+            assert sorted(
+                (r["request_id"], r["model"], r["status"], r["cost_usd"]) for r in usage["rows"]
+            ) == [(f"{bid}/cancel-{i}", "claude-sonnet-4-5", "cancelled", 0.0) for i in range(5)]
             again = stack.cli("cancel", bid)  # an ended batch: as it is
             assert (
                 again.stdout.strip() == f"{bid} {counts_line('ended', 0, 0, 0, 5, 0, Decimal(0))}"

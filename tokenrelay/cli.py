@@ -636,7 +636,7 @@ def batch_status(
 
     from tokenrelay.batches import client
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     try:
         with client.Gateway(url, api_key) as gateway:
             if watch:
@@ -714,7 +714,7 @@ def batch_cancel(
             found = gateway.json("POST", f"/api/batches/{batch_id}/cancel")
     except client.Refused as exc:
         raise _fail(str(exc)) from None
-    Console(highlight=False).print(f"{found['id']} {client.counts_line(found)}")
+    Console(highlight=False, soft_wrap=True).print(f"{found['id']} {client.counts_line(found)}")
 
 
 def main() -> None:
