@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,7 @@ class Batches:
             )  # fmt: skip
 
     def _outcome(
-        self, batch: Batch, request: Request, result: Result | None, ended: Any
+        self, batch: Batch, request: Request, result: Result | None, ended: datetime
     ) -> tuple[dict[str, Any], StreamRecord]:
         """A request's results line and its ledger record."""
         line: dict[str, Any] = {"custom_id": request.custom_id}

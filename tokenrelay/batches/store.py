@@ -138,9 +138,10 @@ class BatchStore:
         b = batches.c
         async with self._begin() as conn:
             await conn.execute(
-                update(batches).where(b.id == batch_id).values(upstream_id=upstream_id,
-                                                               **_progress(progress))
-            )  # fmt: skip
+                update(batches)
+                .where(b.id == batch_id)
+                .values(upstream_id=upstream_id, **_progress(progress))
+            )
 
     async def discard(self, batch_id: str) -> None:
         """A batch the upstream refused: forgotten."""
