@@ -368,13 +368,14 @@ class Pool:
 class Route:
     """One stream's way through the pool, attempt after attempt."""
 
-    __slots__ = ("_pool", "avoid", "fallback", "restartable")
+    __slots__ = ("_models", "_pool", "avoid", "fallback", "restartable")
 
     def __init__(self, pool: Pool, *, fallback: bool, restartable: bool) -> None:
         self._pool = pool
         self.fallback = fallback
         self.restartable = restartable
         self.avoid: set[str] = set()  # deployments that failed this stream
+        self._models: list[str] = []  # the models the last choice could go to, in order
 
     async def choose(
         self, requested: str, current: str, *, started: bool, tokens: int = 0
@@ -389,6 +390,7 @@ class Route:
             models = [current, *(m for m in pool.chain(requested) if m != current)]
         else:
             models = [current]
+        self._models = models
         now = pool._clock()
         for model in models:
             choice = await pool._pick(model, self.avoid, tokens, now)
@@ -404,12 +406,15 @@ class Route:
         self.avoid.add(choice.name)
 
     def elsewhere(self, model: str) -> bool:
-        """Whether a deployment this stream has not failed on can take `model` now
-        (a retry then goes there at once, with no back-off)."""
+        """Whether a deployment this stream has not failed on can take `model` now, or
+        a fallback the next choice may go to (a retry then goes there at once, with no
+        back-off: not after the retry-after of the deployment that failed it)."""
         pool = self._pool
         now = pool._clock()
+        models = [model, *(m for m in self._models if m != model)]
         return any(
-            d.config.serves(model) and d.name not in self.avoid and pool._ready(d, now)
+            d.config.serves(m) and d.name not in self.avoid and pool._ready(d, now)
+            for m in models
             for d in pool.deployments
         )
 
