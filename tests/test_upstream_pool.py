@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import assert_whole_answer, direct_text, eventually, log_events, start, unique
+from tests.support import (
+    assert_error,
+    assert_whole_answer,
+    direct_text,
+    eventually,
+    log_events,
+    start,
+    unique,
+)
 from tests.support.metrics import scrape
 from tests.support.pool import Deployment, Sim, run_gateway, simulators
 
@@ -183,3 +191,97 @@ async def test_a_spent_rate_limit_is_not_called_until_its_window_resets(
         assert tiny.statuses() == {"200": 3}  # never a 429
         assert east.statuses() == {"200": 9}
         assert log_events(gw.log_text(), "upstream_cooldown") == []
+
+
+# One attempt a request: a 529 ends it, so that each request below cools exactly one
+# deployment (the balancer takes east first, then west, east being cool).
+ONE_ATTEMPT = {"TOKENRELAY_UPSTREAM_RETRIES": "0"}
+
+
+async def cool_both(gw: str, east: Sim, west: Sim) -> None:
+    for i in range(2):
+        read = await ask(gw, unique(f"Meets a 529 {i} [[sim:tokens=3]]"))
+        final = read.events[-1].data
+        assert (final["code"], final["retryable"]) == ("overloaded", True)
+    assert east.statuses() == {"529": 1} and west.statuses() == {"529": 1}
+
+
+async def test_every_deployment_cooling_for_long_is_a_503_with_no_upstream_call(
+    tmp_path: Path, east: Sim, west: Sim
+) -> None:
+    with run_gateway(tmp_path, [Deployment(east), Deployment(west)], **ONE_ATTEMPT) as gw:
+        for sim in (east, west):
+            sim.fault(status=529, seconds=30, retry_after=30)
+        await cool_both(gw.url, east, west)
+        states = gw.upstreams()["deployments"]
+        assert [(d["state"], d["reason"], d["failures"]) for d in states] == [
+            ("cooling", "overloaded", 1), ("cooling", "overloaded", 1)
+        ]  # fmt: skip
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            body = {"prompt": unique("Nobody can take it"), "model": HAIKU}
+            response = await client.post("/api/stream-response", json=body)
+        message = assert_error(response, 503, "overloaded_error")
+        assert message == f"Every upstream deployment for {HAIKU} is cooling down; retry shortly"
+        # The earlier cool-down's 30 s, less the moment since it began.
+        assert int(response.headers["retry-after"]) in (29, 30)
+        assert east.statuses() == {"529": 1} and west.statuses() == {"529": 1}
+        metrics = scrape(gw.url)
+        for name in ("east", "west"):
+            assert metrics.value("tokenrelay_upstream_cooling", deployment=name) == 1
+            assert (
+                metrics.value(
+                    "tokenrelay_upstream_cooldowns_total", deployment=name, reason="overloaded"
+                )
+                == 1
+            )
+        assert log_events(gw.log_text(), "upstream_wait") == []
+
+
+async def test_a_short_cool_down_of_every_deployment_is_waited_out(
+    tmp_path: Path, east: Sim, west: Sim, oracle: str
+) -> None:
+    """Both cool for 1 s (the 529's retry-after), less than a new request may wait
+    (TOKENRELAY_UPSTREAM_WAIT, 5 s): the request waits, calls nothing meanwhile, and is
+    answered by one call once a deployment is back."""
+    with run_gateway(tmp_path, [Deployment(east), Deployment(west)], **ONE_ATTEMPT) as gw:
+        for sim in (east, west):
+            sim.fault(status=529, count=1, retry_after=1)
+        await cool_both(gw.url, east, west)
+        words = unique("Waits for a deployment [[sim:tokens=8]]")
+        read = await ask(gw.url, words)
+        assert_whole_answer(read.events, await direct_text(oracle, words))
+        assert east.answered() + west.answered() == 1  # one call, the probe that answered
+        assert east.statuses().get("529") == 1 and west.statuses().get("529") == 1
+        waits = log_events(gw.log_text(), "upstream_wait")
+        assert [w["stream_id"] for w in waits] == [read.events[0].stream_id]
+        assert 0 < float(waits[0]["delay_s"]) <= 1
+
+
+async def test_a_stream_cut_mid_answer_is_continued_on_another_deployment(
+    tmp_path: Path, east: Sim, west: Sim, oracle: str
+) -> None:
+    """east cuts its next stream after 5 deltas; the answer goes on from west with the
+    text so far as a prefill (claude-haiku-4-5 takes one): one seamless text, no reset."""
+    with run_gateway(tmp_path, [Deployment(east), Deployment(west)]) as gw:
+        east.fault(drop_after=5, count=1)
+        words = unique("Cut on one, finished on the other [[sim:tokens=16]]")
+        read = await ask(gw.url, words)
+        assert_whole_answer(read.events, await direct_text(oracle, words))
+        assert not any("reset" in e.data for e in read.events)
+        assert (east.stats()["requests"], east.stats()["completed"]) == (1, 0)
+        assert (west.stats()["requests"], west.stats()["completed"]) == (1, 1)
+        continuations = log_events(gw.log_text(), "continuation")
+        assert [(c["stream_id"], c["mode"], c["attempt"]) for c in continuations] == [
+            (read.events[0].stream_id, "prefill", "1")
+        ]
+        # A cut is the connection's fault, not the deployment's: east is not cooled.
+        assert gw.states() == {"east": "healthy", "west": "healthy"}
+        metrics = scrape(gw.url)
+        assert (
+            metrics.value("tokenrelay_upstream_attempts_total", deployment="east", outcome="cut")
+            == 1
+        )
+        assert (
+            metrics.value("tokenrelay_upstream_attempts_total", deployment="west", outcome="ok")
+            == 1
+        )
