@@ -1,0 +1,301 @@
+"""What the hot path does, counted rather than timed, so that a regression fails here.
+
+- Each log entry is encoded once per dialect, however many readers read it.
+- A reader that fell behind gets everything it missed in one write.
+- Memory a token keeps, and at most holds while it passes: bounded per token over
+  10,000 tokens through a real StreamManager and the simulator provider.
+- N sequential streams through a real gateway cost one upstream connection, and the
+  simulator keeps a direct client's connection alive as well.
+- A gateway logging at debug level writes as many lines for a 200-token stream as
+  for a 20-token one: nothing is logged per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.types import Message
+
+from tests.support.logs import log_lines
+from tests.support.polling import eventually
+from tests.support.processes import free_port, spawn
+from tokenrelay.client.bench import direct_target, gateway_target, run_phase
+from tokenrelay.client.bench_links import CountingProxy, keepalive_connections
+from tokenrelay.client.bench_suite import gateway, prompt_for, simulator
+from tokenrelay.config import Settings
+from tokenrelay.dialects import anthropic, openai, tokens
+from tokenrelay.dialects.anthropic import AnthropicDialect
+from tokenrelay.dialects.base import Dialect
+from tokenrelay.dialects.openai import ChatChunks
+from tokenrelay.dialects.tokens import TokensDialect
+from tokenrelay.events import Done, Event, Start
+from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.base import GenerationRequest
+from tokenrelay.providers.simulator import SimulatorProvider
+from tokenrelay.registry import build_store
+from tokenrelay.routes.sse import SSEResponse, stream_frames
+from tokenrelay.streams.log import StreamMeta
+from tokenrelay.streams.manager import StreamManager, StreamTimings
+from tokenrelay.streams.producer import RetryPolicy
+from tokenrelay.upstreams.pool import Pool
+
+MODEL = "claude-haiku-4-5"
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[StreamManager]:
+    store = build_store(Settings(store="memory"))
+    manager = StreamManager(
+        log=store.log,
+        cluster=store.cluster,
+        upstreams=Pool.single(SimulatorProvider(ttft_ms=0, tps=0)),
+        models=ModelTable(),
+        retry=RetryPolicy(retries=0, base_delay=0.01, max_delay=0.02),
+        timings=StreamTimings(heartbeat_interval=5),
+    )
+    await manager.open()
+    yield manager
+    await manager.aclose()
+    await store.aclose()
+
+
+async def start(manager: StreamManager, prompt: str) -> str:
+    request = GenerationRequest(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=20_000
+    )
+    return await manager.start(
+        request, owner="hot-path", request_id=f"req-{time.time_ns()}", body_fingerprint=prompt
+    )
+
+
+async def read_all(
+    manager: StreamManager, stream_id: str, dialect: Dialect, sink: list[bytes] | None = None
+) -> int:
+    """Follow the stream to its end as a client would; returns the bytes sent."""
+    sent = 0
+    async for chunk in stream_frames(manager, stream_id, -1, dialect):
+        sent += len(chunk)
+        if sink is not None:
+            sink.append(chunk)
+    return sent
+
+
+# -- one encoding per entry per dialect ---------------------------------------------
+
+DIALECTS: dict[str, tuple[Any, list[str], Callable[[str], Dialect]]] = {
+    "tokens": (tokens, ["encode_event"], lambda sid: TokensDialect(sid, 3000)),
+    "anthropic": (anthropic, ["encode_event"], lambda sid: AnthropicDialect(sid)),
+    "openai": (
+        openai,
+        ["_encode", "_encode_call"],
+        lambda sid: ChatChunks(sid, MODEL, 1_700_000_000, True),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIALECTS))
+async def test_an_entry_is_encoded_once_per_dialect_however_many_readers(
+    manager: StreamManager, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    module, functions, make = DIALECTS[name]
+    encoded: Counter[int] = Counter()  # id() of each event encoded: the log keeps them alive
+    for function in functions:
+        real = getattr(module, function)
+
+        def counting(event: Event, real: Callable[[Event], bytes] = real) -> bytes:
+            encoded[id(event)] += 1
+            return real(event)
+
+        monkeypatch.setattr(module, function, counting)
+
+    # Paced, so that the eight readers follow it live, batch by batch, together.
+    stream_id = await start(
+        manager, f"Hot path encodes {name}. [[sim:tokens=200]] [[sim:tps=2000]]"
+    )
+    bodies: list[list[bytes]] = [[] for _ in range(8)]
+    await asyncio.gather(*(read_all(manager, stream_id, make(stream_id), b) for b in bodies))
+
+    entries = await manager.log.read(stream_id, -1, 0)
+    assert entries is not None and len(entries) == 1 + 200 + 1  # start, the tokens, done
+    # Every reader got the same bytes, and no event was encoded twice in this dialect.
+    assert len({b"".join(b) for b in bodies}) == 1
+    assert max(encoded.values()) == 1
+    # ... and every token was encoded (the counter really sees the dialect's encodes).
+    text_ids = {id(e.event) for e in entries if type(e.event) is str}
+    assert len(text_ids) == 200 and text_ids <= set(encoded)
+
+
+# -- one write per batch a reader missed --------------------------------------------
+
+
+async def test_a_reader_that_fell_behind_gets_what_it_missed_in_one_write(
+    manager: StreamManager,
+) -> None:
+    log = manager.log
+    stream_id = f"hot-path-behind-{time.time_ns()}"
+    meta = StreamMeta(stream_id, "hot-path", "req-behind", MODEL, "fp", time.time())
+    await log.create(meta)
+    await log.append(stream_id, Start(stream_id, "req-behind", MODEL))
+
+    sends: list[Message] = []
+    first_batch_out = asyncio.Event()
+    release = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        sends.append(message)
+        if message["type"] == "http.response.body" and not first_batch_out.is_set():
+            first_batch_out.set()
+            await release.wait()  # a slow client: its socket does not drain yet
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    frames = stream_frames(manager, stream_id, -1, TokensDialect(stream_id, 3000))
+    response = asyncio.create_task(SSEResponse(frames, {})({"type": "http"}, receive, send))
+    await first_batch_out.wait()
+    for n in range(150):  # appended while the reader is stuck in its first write
+        await log.append(stream_id, f"t{n} ")
+    await log.append(stream_id, Done("end_turn", {"output_tokens": 150}, 0.0))
+    release.set()
+    await asyncio.wait_for(response, 10)
+
+    kinds = [m["type"] for m in sends]
+    assert kinds == ["http.response.start"] + ["http.response.body"] * 3
+    first, missed, last = (m["body"] for m in sends[1:])
+    assert first.count(b"data: ") == 1  # the start event, all there was
+    assert missed.count(b"data: ") == 151  # the 150 tokens and the done event, one write
+    assert all(b'data: {"token":"t%d "}\n' % n in missed for n in range(150))
+    assert last == b"" and sends[-1]["more_body"] is False
+
+
+# -- memory per token ------------------------------------------------------------------
+
+TOKENS = 10_000
+# What one token may keep while its stream's log lives. Measured: 4.0 blocks and
+# 218 bytes (its entry, the delta's str, its encoded bytes, the log list's slot,
+# each rounded up by the allocator). One more object kept per token (a wrapper, a
+# second copy of its bytes: 5 blocks, ~280 bytes) crosses these bounds.
+BLOCKS_KEPT_PER_TOKEN = 4.5
+BYTES_KEPT_PER_TOKEN = 256
+# What the whole stream may hold at most in passing, on top of what it keeps:
+# measured 96 KiB for 10,000 tokens; anything that piles up per token (a reader's
+# buffer, deltas kept until the end) is 10,000 times its size.
+BYTES_PEAK_ABOVE_KEPT = 512 * 1024
+
+
+async def test_what_a_token_keeps_and_holds_is_bounded(manager: StreamManager) -> None:
+    # The code paths warmed first: caches filled on a first call are not a token's.
+    warm = await start(manager, "Hot path memory warm-up. [[sim:tokens=200]]")
+    await read_all(manager, warm, TokensDialect(warm, 3000))
+
+    gc.collect()
+    blocks_before = sys.getallocatedblocks()
+    tracemalloc.start()
+    try:
+        # Paced (fast), so that the reader takes it in the small batches of a real
+        # stream: unpaced, the producer would append it all before the reader ran,
+        # and the one 10,000-entry write would be the peak.
+        prompt = f"Hot path memory. [[sim:tokens={TOKENS}]] [[sim:tps=20000]]"
+        stream_id = await start(manager, prompt)
+        sent = await read_all(manager, stream_id, TokensDialect(stream_id, 3000))
+        gc.collect()
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    blocks_after = sys.getallocatedblocks()
+
+    entries = await manager.log.read(stream_id, -1, 0)
+    assert entries is not None and len(entries) == TOKENS + 2
+    assert sent > TOKENS * 20  # every token went out
+    blocks_per_token = (blocks_after - blocks_before) / TOKENS
+    assert 3 <= blocks_per_token <= BLOCKS_KEPT_PER_TOKEN, blocks_per_token
+    assert kept / TOKENS <= BYTES_KEPT_PER_TOKEN, kept / TOKENS
+    assert peak - kept <= BYTES_PEAK_ABOVE_KEPT, peak - kept
+
+
+# -- connections -----------------------------------------------------------------------
+
+
+async def test_sequential_streams_reuse_one_upstream_connection() -> None:
+    requests = 20
+    async with simulator() as upstream:
+        # The simulator keeps a client's connection alive between streamed answers ...
+        direct = direct_target(
+            upstream, prompt_for(f"hot path direct {time.time_ns()}", 5, 0), 5, MODEL
+        )
+        bodies = [direct.body.replace(b"#STREAM#", b"%d" % n) for n in range(requests)]
+        assert await keepalive_connections(upstream, "/v1/messages", bodies, direct.headers) == 1
+        # ... and a gateway in front of it opens one connection for N streams in a row.
+        async with CountingProxy(upstream) as proxy, gateway(proxy.url, "memory") as (url, _):
+            prompt = prompt_for(f"hot path reuse {time.time_ns()}", 5, 0)
+            phase = await run_phase(gateway_target(url, prompt, 5, MODEL), 1, requests, 30)
+            assert phase.errors(5) == 0
+            assert [r.tokens for r in phase.results] == [5] * requests
+            assert proxy.accepted == 1
+
+
+# -- no log line per token -------------------------------------------------------------
+
+
+def test_a_debug_level_gateway_logs_no_line_per_token(tmp_path: Path) -> None:
+    sim_port, gw_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{sim_port}"
+    gw = f"http://127.0.0.1:{gw_port}"
+    log_path = tmp_path / "gateway.log"
+    serve = ["serve", "--port", str(gw_port), "--provider", "anthropic"]
+    serve += ["--anthropic-base-url", upstream, "--log-level", "debug"]
+    sim = ["simulate", "--port", str(sim_port), "--ttft-ms", "0", "--tps", "0"]
+    with (
+        spawn(sim, f"{upstream}/healthz"),
+        spawn(serve, f"{gw}/readyz", env={"ANTHROPIC_API_KEY": "test"}, log_path=log_path),
+        httpx.Client(base_url=gw, timeout=30) as client,
+    ):
+
+        def lines_of_a_stream(count: int) -> tuple[int, int, int]:
+            """(its own lines, every line while it ran, those not the database driver's)"""
+            # Paced at 1,000 tok/s: a line per token would be logged within its run.
+            prompt = (
+                f"Hot path log {count} {time.time_ns()}. [[sim:tokens={count}]] [[sim:tps=1000]]"
+            )
+            body = {"prompt": prompt, "model": MODEL, "max_tokens": count + 10}
+            with client.stream("POST", "/api/stream-response", json=body) as response:
+                assert response.status_code == 200
+                text = "".join(response.iter_text())
+                stream_id = response.headers["x-stream-id"]
+                request_id = response.headers["x-request-id"]
+            assert text.count('{"token":') == count and '"done":true' in text
+
+            def complete() -> list[dict[str, Any]]:
+                lines = log_lines(log_path.read_text())
+                done = [line for line in lines if line["event"] == "stream_complete"]
+                return lines if any(d.get("stream_id") == stream_id for d in done) else []
+
+            lines = eventually(complete, what="the stream's stream_complete line", within=10)
+            own = [
+                n
+                for n, line in enumerate(lines)
+                if line.get("request_id") == request_id or line.get("stream_id") == stream_id
+            ]
+            window = lines[own[0] : own[-1] + 1]
+            # The ledger's writes and the batch poller's run on their own schedule.
+            not_db = [line for line in window if line["logger"] != "aiosqlite"]
+            return len(own), len(window), len(not_db)
+
+        lines_of_a_stream(20)  # a first stream's one-off lines (connections, lazy imports)
+        short, long = lines_of_a_stream(20), lines_of_a_stream(200)
+        assert short[0] >= 3  # start, first token, complete: the log is on
+        assert long[0] == short[0]
+        assert long[2] == short[2]
+        # Whatever logger it came from, a line per token would be 200 lines.
+        assert long[1] < 60, long
