@@ -27,6 +27,8 @@ USAGE_ROW: dict[str, Any] = {
     "properties": {
         **{k: {"type": "string"} for k in ("stream_id", "request_id", "principal", "model")},
         "served_model": {"type": "string"},
+        # "stream" (a streaming route's answer) or "batch" (a request of a batch).
+        "route": {"type": "string", "enum": ["stream", "batch"]},
         "status": {"type": "string"},
         "stop_reason": _OPT_STR,
         **{k: _INT for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
