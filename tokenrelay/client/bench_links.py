@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 from urllib.parse import urlsplit
 
 # The last chunk of a chunked body: a streamed response ends here, the connection open.
@@ -70,7 +71,8 @@ class CountingProxy:
         self._target = _address(upstream)
         self.accepted = 0
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._relays: set[asyncio.Future[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -85,27 +87,33 @@ class CountingProxy:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
-        for task in self._pipes:
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+        # Closing both ends of every relay ends its pipes (cancelling the tasks that
+        # start_server made would be reported as errors of its callback).
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._relays, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
+        done = asyncio.get_running_loop().create_future()
+        self._relays.add(done)
+        self._writers.add(client_w)
         try:
             up_r, up_w = await asyncio.open_connection(*self._target)
+            self._writers.add(up_w)
             try:
                 await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
             finally:
                 up_w.close()
+                self._writers.discard(up_w)
         except OSError:
             pass
         finally:
             client_w.close()
-            self._pipes.discard(task)
+            self._writers.discard(client_w)
+            self._relays.discard(done)
+            done.set_result(None)
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
