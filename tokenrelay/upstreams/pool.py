@@ -38,6 +38,9 @@ log = logging.getLogger("tokenrelay.upstreams")
 # How long one instance's claim on a deployment's probe call lasts: the verdict comes
 # with the call's first event, well within this, or the claim lapses for another.
 PROBE_S = 15.0
+# Added to a wait for a deployment to be back: uvloop's timers are milliseconds, and may
+# wake a waiter just before the moment it waited for, to find the deployment still cool.
+WAKE_MARGIN_S = 0.005
 
 
 # Makes a deployment's provider; `observe` takes every answer's headers (its
@@ -203,7 +206,7 @@ class Pool:
                 if self._ready(d, now):
                     return None
                 soonest = min(soonest, self._ready_at(d.health, now) - now)
-        return max(0.05, soonest) if soonest != math.inf else None
+        return max(0.05, soonest + WAKE_MARGIN_S) if soonest != math.inf else None
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """Counted by a deployment that serves the model, healthy ones first."""
