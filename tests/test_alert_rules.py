@@ -41,7 +41,7 @@ def test_promtool_accepts_the_rules() -> None:
     done = promtool("check", "rules", ALERTS)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
-    assert len(alert_names()) == 10
+    assert len(alert_names()) == 11
 
 
 def test_promtool_accepts_the_example_configuration_and_its_rules() -> None:

@@ -33,6 +33,9 @@ from tests.support import ROOT, eventually, free_port, spawn, unique, wait_until
 from tokenrelay import __version__
 from tokenrelay.client import stream_sync
 from tokenrelay.observability import metrics
+from tokenrelay.observability.telemetry import PoolCollector
+from tokenrelay.providers.simulator import SimulatorProvider
+from tokenrelay.upstreams.pool import Pool
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "tokenrelay.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -135,6 +138,9 @@ def metric_labels() -> dict[str, set[str]]:
             for family in collector.describe():
                 for name in exposed_names(f"# TYPE {family.name} {family.type}"):
                     labels[name] = set(collector._labelnames)
+    # The upstream pool's gauges, read from the pool when /metrics is scraped.
+    for family in PoolCollector(Pool.single(SimulatorProvider())).collect():
+        labels[family.name] = set(family._labelnames)  # type: ignore[attr-defined]
     return labels
 
 
@@ -290,7 +296,7 @@ def test_every_panel_reads_the_chosen_datasource_job_and_instances() -> None:
                     assert selector.group(1) is not None, target["expr"]
                     assert 'job=~"$job"' in selector.group(1), target["expr"]
                     assert 'instance=~"$instance"' in selector.group(1), target["expr"]
-    assert len(ids) == len(set(ids)) == 37
+    assert len(ids) == len(set(ids)) == 42
 
 
 def test_every_dashboard_expression_is_promql_promtool_accepts(tmp_path: Path) -> None:
