@@ -5,12 +5,15 @@ format — never with a key in it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support import ROOT
+from tests.support.docs import code_block
 from tests.support.pool import toml_value
 from tokenrelay.config import Settings
 from tokenrelay.gateway import prepare
@@ -262,3 +265,28 @@ def test_a_syntax_error_says_where_and_never_quotes_the_line(tmp_path: Path) -> 
     assert refused(tmp_path / "absent.toml") == (
         f"{tmp_path / 'absent.toml'}: cannot read: No such file or directory"
     )
+
+
+def test_the_worked_example_of_operations_md_is_one_pool_in_toml_and_yaml(
+    tmp_path: Path,
+) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("\n## Upstream pool\n") : text.index("\n## Metrics\n")]
+    key_file = tmp_path / "west.key"
+    key_file.write_text("sk-ant-west-from-a-file\n")
+    environ = {"ANTHROPIC_KEY_EAST": SECRET}
+    pools = []
+    for language in ("toml", "yaml"):
+        path = tmp_path / f"upstreams.{language}"
+        example = code_block(section, language)
+        path.write_text(example.replace("/run/secrets/anthropic-west", str(key_file)))
+        pools.append(dataclasses.replace(load(path, environ), source=""))
+    assert pools[0] == pools[1]
+    east, west = pools[0].deployments
+    assert (east.name, east.weight, sorted(east.models), east.key_source) == (
+        "east", 3.0, ["claude-haiku-4-5", "claude-sonnet-4-6"], "env:ANTHROPIC_KEY_EAST"
+    )  # fmt: skip
+    assert (west.name, west.api_key, west.rpm, west.models) == (
+        "west", "sk-ant-west-from-a-file", 600, frozenset()
+    )  # fmt: skip
+    assert pools[0].fallbacks == {"claude-sonnet-4-6": ("claude-sonnet-4-5", "claude-haiku-4-5")}
