@@ -11,17 +11,17 @@ import math
 from typing import Any
 
 W, H = 360, 260  # one panel
-LEFT, RIGHT, TOP, BOTTOM = 58, 16, 34, 44
+LEFT, RIGHT, TOP, BOTTOM = 66, 16, 34, 44
 SERIES = (("unpaced", "#1f77b4", False), ("paced", "#d62728", True))
 FLOOR_MS = 0.1  # the log axis' bottom: an added TTFT at or below it is drawn there
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
-    return [10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)]
+    return [10.0**e for e in range(round(math.log10(low)), round(math.log10(high)) + 1)]
 
 
 def _tick_label(v: float) -> str:
-    return f"{v:g}" if v < 10_000 else f"{v:.0e}"
+    return f"{v:g}" if v < 1 else f"{v:,.0f}"
 
 
 class _Panel:
@@ -54,7 +54,7 @@ class _Panel:
         for t in y_ticks:
             y = self.py(t)
             p.append(f'<line x1="{x1}" y1="{y:.1f}" x2="{x2}" y2="{y:.1f}" class="grid"/>')
-            label = _tick_label(t)
+            label = _tick_label(t) if self.log_y else f"{t:g}"
             p.append(f'<text x="{x1 - 5}" y="{y + 4:.1f}" class="l r">{label}{y_unit}</text>')
         p.append(f'<text x="{self.x0 + W / 2}" y="{H - 8}" class="l">streams at once</text>')
 
@@ -92,10 +92,11 @@ def suite_svg(doc: dict[str, Any]) -> str:
     x_max = max(s["concurrency"] for s in doc["scenarios"])
     x_ticks = [t for t in (1.0, 10.0, 100.0, 1000.0, 10000.0) if t <= max(x_max, 10) * 1.0001]
     added = [f for p in (False, True) for _, f in _points(doc, "added_ttft_p50_ms", p)]
-    high = max([FLOOR_MS * 10] + [f["max"] for f in added])
-    ttft = _Panel(0, "added time to first token, p50", x_max, (FLOOR_MS, high * 1.5), True)
+    # The axis ends at the decade above the highest whisker.
+    high = 10.0 ** math.ceil(math.log10(max([FLOOR_MS * 10] + [f["max"] for f in added])))
+    ttft = _Panel(0, "added time to first token, p50", x_max, (FLOOR_MS, high), True)
     rate = _Panel(W, "token rate kept vs direct", x_max, (0.0, 1.2), False)
-    ttft.axes(x_ticks, _log_ticks(FLOOR_MS, high * 1.5), " ms")
+    ttft.axes(x_ticks, _log_ticks(FLOOR_MS, high), " ms")
     rate.axes(x_ticks, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2], "×")
     ttft.target(1.0, "target ≤ 1 ms")
     rate.target(0.95, "target ≥ 0.95×")
