@@ -52,10 +52,13 @@ def print_suite(doc: dict[str, Any], console: Console | None = None) -> None:
         "scenario", "streams", "errors / texts wrong", "TTFT p50 direct", "added p50",
         "TTFT p99 direct", "added p99", "rate kept", title="Latency and rate",
     )  # fmt: skip
+    redis = cfg["store"] != "memory"
     cost = Table(
         "scenario", "CPU / token", "CPU / request", "idle RSS", "idle PSS",
         "RSS / open stream", "PSS / open stream", title="Gateway cost",
     )  # fmt: skip
+    if redis:
+        cost.add_column("Redis connections, peak")
     for s in doc["scenarios"]:
         f, c = s["figures"], s["correctness"]
         wrong = f"{c['direct_errors']} + {c['gateway_errors']} / {c['text_mismatches']}"
@@ -65,13 +68,16 @@ def print_suite(doc: dict[str, Any], console: Console | None = None) -> None:
             _cell(f["direct_ttft_p99_ms"], " ms"), _cell(f["added_ttft_p99_ms"], " ms"),
             _cell(f["rate_kept"], "×"),
         )  # fmt: skip
-        cost.add_row(
+        cells = [
             s["name"], _cell(f["gateway_cpu_us_per_token"], " µs", 1),
             _cell(f["gateway_cpu_ms_per_request"], " ms"),
             _cell(f["idle_rss_mib"], " MiB", 1), _cell(f["idle_pss_mib"], " MiB", 1),
             _cell(f["rss_kib_per_open_stream"], " KiB", 1),
             _cell(f["pss_kib_per_open_stream"], " KiB", 1),
-        )  # fmt: skip
+        ]  # fmt: skip
+        if redis:
+            cells.append(_cell(f.get("redis_peak_connections"), "", 0))
+        cost.add_row(*cells)
     console.print(latency)
     console.print(cost)
     for problem in doc["problems"]:

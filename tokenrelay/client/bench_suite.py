@@ -36,6 +36,7 @@ from tokenrelay.client.bench import (
     Target,
     direct_target,
     gateway_target,
+    peak_redis_clients,
     percentile,
     run_phase,
 )
@@ -255,14 +256,24 @@ async def run_round(scenario: Scenario, number: int, upstream: str, store: str) 
         probe = TreeProbe(pid)
         phases: dict[str, PhaseResult] = {}
         cpu = 0.0
+        redis_peak: int | None = None
         for target in (through, direct) if gateway_first else (direct, through):
             if target is through:
                 probe.start()
+                done = asyncio.Event()
+                redis_probe = (
+                    asyncio.create_task(peak_redis_clients(store, done))
+                    if store.startswith(("redis://", "rediss://"))
+                    else None
+                )
             phases[target.name] = await run_phase(
                 target, scenario.concurrency, scenario.total, scenario.timeout, keep=True
             )
             if target is through:
                 cpu = await probe.stop()
+                done.set()
+                if redis_probe is not None:
+                    redis_peak = await redis_probe
     d = check(phases["direct"], scenario.tokens, claude_text)
     g = check(phases["gateway"], scenario.tokens, tokens_text)
     mismatches = sum(
@@ -278,7 +289,10 @@ async def run_round(scenario: Scenario, number: int, upstream: str, store: str) 
             "text_mismatches": mismatches,
         },
         "first_error": d.first_error or g.first_error,
-        "figures": round_figures(scenario, phases["direct"], phases["gateway"], cpu, probe),
+        "figures": {
+            **round_figures(scenario, phases["direct"], phases["gateway"], cpu, probe),
+            "redis_peak_connections": redis_peak,
+        },
     }
 
 
