@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import Stack, run_stack
-from tests.support.auth import api_key_auth
+from tests.support.auth import create_key
 
 # Short answers keep the many generated valid requests quick.
 FUZZ_ENV = {"TOKENRELAY_MAX_TOKENS_CEILING": "64", "TOKENRELAY_DEFAULT_MAX_TOKENS": "16"}
@@ -26,7 +26,10 @@ FUZZ_ENV = {"TOKENRELAY_MAX_TOKENS_CEILING": "64", "TOKENRELAY_DEFAULT_MAX_TOKEN
 @pytest.fixture(scope="module")
 def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    args, key = api_key_auth(tmp, "fuzzer")
+    # An admin's key, so that every route, GET /api/upstreams too, answers more than 403.
+    keys_file = tmp / "keys.txt"
+    key = create_key(keys_file, "fuzzer", "--admin")
+    args = ["--auth", "api_key", "--api-keys-file", str(keys_file)]
     with run_stack(tmp, *args, **FUZZ_ENV) as s:
         yield s, key
 
