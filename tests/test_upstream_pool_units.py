@@ -50,3 +50,32 @@ def test_a_spent_rate_limit_weighs_nothing_until_its_window_resets(
     health.requests.limit, health.requests.remaining = 2, 0
     health.requests.reset_at = 1003.0
     assert max(0.05, health.headroom(now)) == weight
+
+
+def test_a_wait_for_a_probes_verdict_is_short() -> None:
+    """While a probe call is under way, the others look again shortly: its verdict
+    comes with its first event, long before the probe's claim would lapse."""
+    clock = Clock()
+    pool = pool_of("east", clock=clock)
+    east = pool.deployments[0]
+    pool._cool(east, 1.0, "overloaded", 1, clock.now)
+    clock.now += 1.5
+    east.health.probing = True
+    wait = pool.retry_in("claude-haiku-4-5")
+    assert wait is not None and wait <= 0.26
+
+
+def test_a_model_no_deployment_serves_is_known_to_be_unserved() -> None:
+    config = PoolConfig(
+        (
+            DeploymentConfig(
+                "east", "simulator", None, "", None, models=frozenset({"claude-haiku-4-5"})
+            ),
+        ),
+        {"claude-sonnet-4-6": ("claude-haiku-4-5",)},
+    )
+    pool = Pool(config, lambda _deployment, _observe: None)  # type: ignore[arg-type,return-value]
+    assert pool.serves("claude-haiku-4-5")
+    assert pool.serves("claude-sonnet-4-6")  # by its fallback
+    assert not pool.serves("claude-sonnet-4-6", fallback=False)
+    assert not pool.serves("claude-opus-4-5")

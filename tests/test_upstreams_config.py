@@ -245,6 +245,12 @@ def test_an_unknown_model_is_refused_at_start(write: Any, monkeypatch: pytest.Mo
     assert str(caught.value) == (
         f"{path}: deployment 'west': unknown model claude-sonet-4-6 (not in the price table)"
     )
+    path = write({"deployment": [east()], "fallbacks": {"claude-haiku-4-5": ["claude-haiku-9"]}})
+    with pytest.raises(UpstreamsConfigError) as caught:
+        prepare(Settings(upstreams_file=path))
+    assert str(caught.value) == (
+        f"{path}: fallbacks.claude-haiku-4-5: unknown model claude-haiku-9 (not in the price table)"
+    )
     prepared = prepare(Settings(upstreams_file=write({"deployment": [east(), west()]})))
     assert [d.name for d in prepared.upstreams.deployments] == ["east", "west"]
 

@@ -495,18 +495,11 @@ def _upstreams_file(path: str) -> dict[str, Any]:
 
     from tokenrelay.config import Settings
     from tokenrelay.pricing import ModelTable
-    from tokenrelay.upstreams.config import UpstreamsConfigError, load
+    from tokenrelay.upstreams.config import check_models, load
 
     try:
-        models = ModelTable.from_file(Settings().prices_file)
         pool = load(Path(path))
-        for d in pool.deployments:
-            unknown = sorted(m for m in d.models if m not in models)
-            if unknown:
-                raise UpstreamsConfigError(
-                    f"{path}: deployment {d.name!r}: unknown model {', '.join(unknown)} "
-                    "(not in the price table)"
-                )
+        check_models(pool, ModelTable.from_file(Settings().prices_file))
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"tokenrelay: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -62,13 +62,7 @@ def prepare(settings: Settings) -> Prepared:
         screen=settings.prompt_screen,
     )
     upstreams = upstreams_config.from_settings(settings)
-    for deployment in upstreams.deployments:
-        unknown = sorted(m for m in deployment.models if m not in models)
-        if unknown:
-            raise upstreams_config.UpstreamsConfigError(
-                f"{upstreams.source}: deployment {deployment.name!r}: unknown model "
-                f"{', '.join(unknown)} (not in the price table)"
-            )
+    upstreams_config.check_models(upstreams, models)
     return Prepared(models, validator, build_authenticator(settings), upstreams)
 
 

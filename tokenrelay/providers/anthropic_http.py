@@ -106,11 +106,15 @@ class AnthropicHttpProvider:
                     raise await _status_error(response)
                 async for _, data in sse_events(response.content.iter_any()):
                     delta = state.feed(loads(data))
-                    if delta is not None:
+                    if delta is None:
+                        continue
+                    if type(delta) is MessageEnd:
+                        # Before the end is told: the next request (the client's, on
+                        # hearing it) finds this connection back in the pool.
+                        await _drain(response)
                         yield delta
-                        if type(delta) is MessageEnd:
-                            await _drain(response)
-                            return
+                        return
+                    yield delta
         except UpstreamIncomplete as exc:
             exc.cut_block = state.open_block if state.open_block != "text" else None
             raise

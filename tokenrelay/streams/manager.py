@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenrelay.admission.budgets import Budgets, Meter
 from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
-from tokenrelay.errors import IdempotencyConflict, Overloaded, StreamNotFound
+from tokenrelay.errors import IdempotencyConflict, InvalidRequest, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.log import log_event
@@ -202,6 +202,11 @@ class StreamManager:
             if cached is not None:
                 self._settle(on_end, 0)
                 return await self._replay(cached, request, owner, request_id, body_fingerprint)
+        if not self.upstreams.serves(request.model, fallback):
+            self._settle(on_end, 0)
+            raise InvalidRequest(
+                f"model: {request.model} is not served by any of this gateway's upstreams"
+            )
         wait = self.upstreams.retry_in(request.model, fallback)
         if wait is not None and wait > self._upstream_wait:
             self._settle(on_end, 0)  # it never runs

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from tokenrelay import events
 from tokenrelay.admission.budgets import BudgetExceeded, Meter
 from tokenrelay.admission.gate import QueueTimeout, Ticket
+from tokenrelay.admission.rate_limits import estimate_tokens
 from tokenrelay.errors import StoreUnavailable, UpstreamError, UpstreamIncomplete
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.log import log_event
@@ -187,6 +188,8 @@ class Producer:
             self.usage.output_tokens = len(answer.parts)
             self._cost_usd = models.cost_usd(self.model, self.usage)
         self._waited_for_upstream = 0.0  # seconds, while no deployment could take it
+        # What an attempt may use, for a deployment's tokens-per-minute cap.
+        self._tokens = estimate_tokens(request) if upstream.counts_tokens else 0
         self.stop_reason: StopReason = CANCELLED
         self.retries = 0  # in a row, before the current attempt's first delta
         self.retries_total = 0
@@ -274,7 +277,7 @@ class Producer:
             started = bool(self._answer.parts) or self._answer.blocks
             try:
                 choice = await self._upstream.choose(
-                    self.request.model, self.model, started=started
+                    self.request.model, self.model, started=started, tokens=self._tokens
                 )
             except NoDeployment as exc:
                 if not await self._wait_for_upstream(exc):
@@ -326,11 +329,13 @@ class Producer:
         if self._waited_for_upstream + wait > self._retry.retry_after_ceiling:
             await self._finish_error(exc.message, exc.code, True)
             return False
+        first = not self._waited_for_upstream
         self._waited_for_upstream += wait
-        log_event(
-            log, "upstream_wait", level=logging.WARNING, stream_id=self.stream_id,
-            delay_s=round(wait, 3), model=self.model,
-        )  # fmt: skip
+        if first:  # once a stream: a wait for a probe's verdict polls in short steps
+            log_event(
+                log, "upstream_wait", level=logging.WARNING, stream_id=self.stream_id,
+                delay_s=round(wait, 3), model=self.model,
+            )  # fmt: skip
         await asyncio.sleep(wait)
         return True
 
@@ -444,9 +449,11 @@ class Producer:
             await self._finish_error(exc.message, exc.code, False)
             return False
         if self._attempt_deltas == 0:
-            wait = self._retry.delay(self.retries, exc.retry_after)
-            if wait is not None and self._upstream.elsewhere(self.model):
-                wait = 0.0  # another deployment can take it now: no need to wait
+            if self.retries < self._retry.retries and self._upstream.elsewhere(self.model):
+                wait: float | None = 0.0  # another deployment can take it now, whatever
+                # this one's retry-after says
+            else:
+                wait = self._retry.delay(self.retries, exc.retry_after)
             if wait is None:
                 await self._finish_error(exc.message, exc.code, True)
                 return False

@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tokenrelay.config import Settings
+from tokenrelay.pricing import ModelTable
 
 Kind = Literal["anthropic", "simulator"]
 
@@ -200,6 +201,25 @@ def _syntax(exc: Exception) -> str:
     if isinstance(exc, yaml.YAMLError):
         return "syntax error"
     return str(exc)  # tomllib's messages say where, never what is there
+
+
+def check_models(pool: PoolConfig, known: ModelTable) -> None:
+    """Every model a deployment serves or a fallback names is in the price table (else
+    its calls would cost nothing in the ledger and the budgets)."""
+    for d in pool.deployments:
+        unknown = sorted(m for m in d.models if m not in known)
+        if unknown:
+            raise UpstreamsConfigError(
+                f"{pool.source}: deployment {d.name!r}: unknown model {', '.join(unknown)} "
+                "(not in the price table)"
+            )
+    for model, chain in pool.fallbacks.items():
+        unknown = sorted(m for m in (model, *chain) if m not in known)
+        if unknown:
+            raise UpstreamsConfigError(
+                f"{pool.source}: fallbacks.{model}: unknown model {', '.join(unknown)} "
+                "(not in the price table)"
+            )
 
 
 def _format(path: Path) -> str:

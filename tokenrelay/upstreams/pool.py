@@ -41,6 +41,8 @@ PROBE_S = 15.0
 # Added to a wait for a deployment to be back: uvloop's timers are milliseconds, and may
 # wake a waiter just before the moment it waited for, to find the deployment still cool.
 WAKE_MARGIN_S = 0.005
+# How often a wait for a probe's verdict looks again.
+PROBE_POLL_S = 0.25
 
 
 # Makes a deployment's provider; `observe` takes every answer's headers (its
@@ -194,6 +196,17 @@ class Pool:
         """The models that may answer a request for `model`, in order."""
         return [model, *self.config.fallbacks.get(model, ())] if fallback else [model]
 
+    def serves(self, model: str, fallback: bool = True) -> bool:
+        """Whether any deployment serves `model` (or, with `fallback`, one of its fallbacks)."""
+        chain = self.chain(model, fallback)
+        return any(d.config.serves(m) for m in chain for d in self.deployments)
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a deployment has a tokens-per-minute cap (an attempt then says how
+        many it may use)."""
+        return any(d.config.tpm for d in self.deployments)
+
     def retry_in(self, model: str, fallback: bool = True) -> float | None:
         """None when a deployment can take `model` (or a fallback) now; else the seconds
         until one can, as well as this instance knows."""
@@ -251,8 +264,10 @@ class Pool:
         return True
 
     def _ready_at(self, h: Health, now: float) -> float:
-        at = max(h.cooling_until, h.full_until, h.spent_until(now), h.probe_elsewhere_until)
-        return at if at > now else now + PROBE_S  # a probe under way here: its verdict
+        at = max(h.cooling_until, h.full_until, h.spent_until(now))
+        # Else a probe is under way (here, or claimed elsewhere): its verdict comes with
+        # its first event, so whoever waits for it looks again shortly.
+        return at if at > now else now + PROBE_POLL_S
 
     async def _pick(self, model: str, avoid: set[str], tokens: int, now: float) -> Choice | None:
         ready = [d for d in self.deployments if d.config.serves(model) and self._ready(d, now)]
@@ -404,6 +419,10 @@ class Route:
             f"No upstream deployment can take {requested} now (cooling down or at its rate limit)",
             wait,
         )
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self._pool.counts_tokens
 
     def failed_on(self, choice: Choice) -> None:
         self.avoid.add(choice.name)
