@@ -27,6 +27,9 @@ from tokenrelay.streams.log import StreamLog
 log = logging.getLogger("tokenrelay.conversations")
 
 BUSY = "A reply is still being generated in this conversation"
+# A claim looks again after it finds the previous answer stored meanwhile; a third try
+# finding it taken again means another send won.
+CLAIM_TRIES = 3
 
 
 class Conversations:
@@ -71,12 +74,15 @@ class Conversations:
         """The right to send the next turn (ConversationBusy while an answer is
         pending; ConversationNotFound for another's)."""
         claim = new_claim()
-        if await self.store.claim(owner, cid, claim):
-            return claim
-        conversation = await self.owned(owner, cid)
-        # Its answer may have ended with nobody left to store it: look once.
-        if await self.resolve(conversation) and await self.store.claim(owner, cid, claim):
-            return claim
+        for _ in range(CLAIM_TRIES):
+            if await self.store.claim(owner, cid, claim):
+                return claim
+            conversation = await self.owned(owner, cid)
+            # Free now: the answer was being stored as the claim looked (an update that
+            # matches no row takes no lock, so it read the row from before that commit).
+            # Or its answer has ended with nobody left to store it: store it here.
+            if conversation.pending is not None and not await self.resolve(conversation):
+                break
         raise ConversationBusy(BUSY)
 
     async def history(self, conversation: Conversation, new: Content) -> History:
