@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.processes import ROOT
+from tests.support.services import redis_server
 from tokenrelay.client.bench_report import compare
 from tokenrelay.client.bench_suite import HIGHER_IS_BETTER, LOWER_IS_BETTER, QUICK
 from tokenrelay.client.bench_text import BadResponse, claude_text, http_body, tokens_text
@@ -181,3 +182,30 @@ def test_a_cut_or_failed_response_is_not_read_as_text() -> None:
         tokens_text([whole[:-12]])  # the last chunk never came
     with pytest.raises(BadResponse):
         tokens_text([b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"])
+
+
+def test_several_instances_on_redis_behind_nginx_are_measured_together(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    with redis_server(tmp_path / "redis") as redis:
+        run = subprocess.run(
+            [sys.executable, "-m", "tokenrelay", "bench", "--instances", "2",
+             "--store", redis.url, "-c", "6", "-n", "12", "--tokens", "7", "--tps", "0",
+             "--json-file", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(out.read_text())
+    assert (doc["gateway_instances"], doc["streams"], doc["tokens_per_stream"]) == (2, 12, 7)
+    assert (doc["direct_errors"], doc["gateway_errors"], doc["gateway_tokens"]) == (0, 0, 84)
+    # Both gateways' CPU and nginx's apart, each per delivered token.
+    assert doc["gateway_cpu_us_per_token"] > 0 and doc["proxy_cpu_us_per_token"] > 0
+    assert doc["redis_peak_connections"] >= 2  # at least one connection per instance
+
+
+def test_several_instances_need_a_shared_redis() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", "bench", "--instances", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "--instances starts the gateways itself, on a shared Redis" in run.stderr

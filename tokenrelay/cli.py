@@ -205,7 +205,12 @@ def bench(
     json_file: str = typer.Option(None, "--json-file", help="Write the JSON to this file."),
     gateway: str = typer.Option(None, help="Gateway URL; default: start one here."),
     upstream: str = typer.Option(None, help="Upstream URL; default: start a simulator here."),
-    gateway_pid: int = typer.Option(None, help="PID of the gateway, for its CPU and memory."),
+    gateway_pid: list[int] = typer.Option(
+        None, help="PID of the gateway, for its CPU and memory; repeat for several instances."
+    ),
+    instances: int = typer.Option(
+        1, min=1, help="Gateways to start on --store (Redis for more than one), behind nginx."
+    ),
     concurrency: int = typer.Option(100, "-c", "--concurrency", help="Streams open at once."),
     total: int = typer.Option(200, "-n", "--total", help="Streams in all, per phase."),
     tokens: int = typer.Option(50, help="Tokens per stream."),
@@ -227,9 +232,13 @@ def bench(
     from tokenrelay.client.bench_run import run_bench, run_suite_command
     from tokenrelay.client.bench_suite import SuiteConfig
 
+    if suite and (gateway or upstream or gateway_pid or instances > 1):
+        raise typer.BadParameter("--suite starts its own gateways and simulator")
+    if instances > 1 and (gateway or not store.startswith(("redis://", "rediss://"))):
+        raise typer.BadParameter(
+            "--instances starts the gateways itself, on a shared Redis: give --store redis://…"
+        )
     if suite:
-        if gateway or upstream or gateway_pid:
-            raise typer.BadParameter("--suite starts its own gateways and simulator")
         code = run_suite_command(
             SuiteConfig(rounds=rounds, quick=quick, store=store),
             json_file=json_file, json_out=json_out, previous=compare_with, svg=svg,
@@ -243,10 +252,11 @@ def bench(
         config,
         gateway=gateway,
         upstream=upstream,
-        gateway_pid=gateway_pid,
+        gateway_pids=tuple(gateway_pid or ()),
         json_out=json_out,
         store=store,
         json_file=json_file,
+        instances=instances,
     )
     raise typer.Exit(0 if ok else 1)
 

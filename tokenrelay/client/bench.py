@@ -11,13 +11,14 @@ it shares with the servers it measures.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
+
+from tokenrelay.client.bench_proc import TreeProbe
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class PhaseResult:
     peak_rss_kib: int | None = None
     idle_rss_kib: int | None = None
     redis_peak_connections: int | None = None
+    proxy_cpu_seconds: float | None = None  # the load balancer's, with --instances
 
     @property
     def ttfts_ms(self) -> list[float]:
@@ -172,43 +174,6 @@ async def run_phase(
     return PhaseResult(target.name, list(results), time.perf_counter() - started)
 
 
-@dataclass(slots=True)
-class ProcessProbe:
-    """CPU time and memory of a local process, read from /proc."""
-
-    pid: int
-    peak_rss_kib: int = 0
-    _cpu0: float = 0.0
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    async def _sample(self) -> None:
-        while True:
-            self.peak_rss_kib = max(self.peak_rss_kib, self.rss_kib())
-            await asyncio.sleep(0.05)
-
-    def start(self) -> None:
-        self.peak_rss_kib = self.rss_kib()
-        self._cpu0 = self.cpu_seconds()
-        self._task = asyncio.create_task(self._sample())
-
-    def stop(self) -> float:
-        if self._task is not None:
-            self._task.cancel()
-        return self.cpu_seconds() - self._cpu0
-
-
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     concurrency: int = 100
@@ -229,12 +194,14 @@ class Comparison:
     config: BenchConfig
     direct: PhaseResult
     gateway: PhaseResult
+    instances: int = 1  # gateway processes measured together (behind a balancer)
 
     def summary(self) -> dict[str, float | int | None]:
         cfg, d, g = self.config, self.direct, self.gateway
         dt, gt = d.ttfts_ms, g.ttfts_ms
         out: dict[str, float | int | None] = {
             "concurrency": cfg.concurrency,
+            "gateway_instances": self.instances,
             "streams": cfg.total,
             "tokens_per_stream": cfg.tokens,
             "direct_errors": d.errors(cfg.tokens),
@@ -252,6 +219,11 @@ class Comparison:
             "gateway_cpu_s": g.cpu_seconds,
             "gateway_cpu_us_per_token": (
                 g.cpu_seconds / g.tokens * 1e6 if g.cpu_seconds is not None and g.tokens else None
+            ),
+            "proxy_cpu_us_per_token": (
+                g.proxy_cpu_seconds / g.tokens * 1e6
+                if g.proxy_cpu_seconds is not None and g.tokens
+                else None
             ),
             "gateway_idle_rss_mib": g.idle_rss_kib / 1024 if g.idle_rss_kib else None,
             "gateway_peak_rss_mib": g.peak_rss_kib / 1024 if g.peak_rss_kib else None,
@@ -290,19 +262,24 @@ async def compare(
     gateway: str,
     upstream: str,
     config: BenchConfig,
-    gateway_pid: int | None,
+    gateway_pids: tuple[int, ...],
     redis_url: str | None = None,
+    proxy_pid: int | None = None,
 ) -> Comparison:
+    """`gateway_pids`: the processes measured (with what runs under them), summed;
+    none: the gateway's CPU and memory are not measured. `proxy_pid`: a load balancer
+    in front of them, measured apart."""
     prompt = prompt_for(config.tokens, config.tps, config.ttft_ms)
     direct = direct_target(upstream, prompt, config.tokens, config.model)
     through = gateway_target(gateway, prompt, config.tokens, config.model)
     for target in (direct, through):  # connections, caches and code paths warmed alike
         await run_phase(target, min(config.warmup, config.concurrency), config.warmup, 30)
     direct_result = await run_phase(direct, config.concurrency, config.total, config.timeout)
-    probe = ProcessProbe(gateway_pid) if gateway_pid else None
-    idle_rss = probe.rss_kib() if probe else None
-    if probe:
-        probe.start()
+    probe = TreeProbe(gateway_pids) if gateway_pids else None
+    proxy = TreeProbe((proxy_pid,)) if proxy_pid else None
+    for each in (probe, proxy):
+        if each is not None:
+            each.start()
     phase_done = asyncio.Event()
     redis_probe = (
         asyncio.create_task(peak_redis_clients(redis_url, phase_done)) if redis_url else None
@@ -312,7 +289,9 @@ async def compare(
     if redis_probe is not None:
         gateway_result.redis_peak_connections = await redis_probe
     if probe:
-        gateway_result.cpu_seconds = probe.stop()
-        gateway_result.peak_rss_kib = probe.peak_rss_kib
-        gateway_result.idle_rss_kib = idle_rss
-    return Comparison(config, direct_result, gateway_result)
+        gateway_result.cpu_seconds = await probe.stop()
+        gateway_result.peak_rss_kib = probe.peak.rss_kib
+        gateway_result.idle_rss_kib = probe.idle.rss_kib
+    if proxy:
+        gateway_result.proxy_cpu_seconds = await proxy.stop()
+    return Comparison(config, direct_result, gateway_result, max(1, len(gateway_pids)))

@@ -90,9 +90,10 @@ def memory(members: list[int]) -> Memory:
 
 @dataclass(slots=True)
 class TreeProbe:
-    """CPU over a phase, and the tree's peak memory while it ran (sampled)."""
+    """CPU over a phase, and the peak memory while it ran (sampled), of the trees of
+    `pids` together (one gateway, or several instances behind a load balancer)."""
 
-    pid: int
+    pids: tuple[int, ...]
     interval: float = 0.1
     idle: Memory = field(default_factory=lambda: Memory(0, None))
     peak: Memory = field(default_factory=lambda: Memory(0, None))
@@ -110,10 +111,10 @@ class TreeProbe:
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
-        self._members = descendants(self.pid)
+        self._members = [member for pid in self.pids for member in descendants(pid)]
         self.idle = memory(self._members)
         self.peak = Memory(self.idle.rss_kib, self.idle.pss_kib)
-        self._cpu0 = cpu_seconds(self.pid)
+        self._cpu0 = self._cpu()
         self._task = asyncio.create_task(self._sample())
 
     async def stop(self) -> float:
@@ -122,4 +123,7 @@ class TreeProbe:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        return cpu_seconds(self.pid) - self._cpu0
+        return self._cpu() - self._cpu0
+
+    def _cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenrelay.client.bench import BenchConfig, Comparison, compare
+from tokenrelay.client.bench_nginx import nginx_in_front
 from tokenrelay.client.bench_suite import SuiteConfig
 
 T = TypeVar("T")
@@ -63,11 +65,14 @@ def run_bench(
     *,
     gateway: str | None,
     upstream: str | None,
-    gateway_pid: int | None,
+    gateway_pids: tuple[int, ...],
     json_out: bool,
     store: str = "memory",
     json_file: str | None = None,
+    instances: int = 1,
 ) -> bool:
+    """`instances` > 1: that many gateways on the `store` (Redis), behind nginx."""
+    proxy_pid = None
     with contextlib.ExitStack() as stack:
         if upstream is None:
             port = _free_port()
@@ -75,11 +80,6 @@ def run_bench(
             sim = ["simulate", "--port", str(port), "--ttft-ms", "0", "--tps", "0"]
             stack.enter_context(_launch(sim, f"{upstream}/healthz", {}))
         if gateway is None:
-            port = _free_port()
-            gateway = f"http://127.0.0.1:{port}"
-            serve = ["serve", "--port", str(port), "--provider", "anthropic"]
-            serve += ["--anthropic-base-url", upstream, "--log-level", "warning"]
-            serve += ["--store", store]
             # The gateway as it runs by default, ledger included, in a throwaway database.
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenrelay-bench-"))
             env = {
@@ -91,10 +91,25 @@ def run_bench(
                 "TOKENRELAY_QUEUE_TIMEOUT": str(config.timeout),
                 "TOKENRELAY_QUEUE_PER_PRINCIPAL": str(config.queue_size),
             }
-            proc = stack.enter_context(_launch(serve, f"{gateway}/readyz", env))
-            gateway_pid = proc.pid
+            ports = [_free_port() for _ in range(instances)]
+            pids = []
+            for port in ports:
+                serve = ["serve", "--port", str(port), "--provider", "anthropic"]
+                serve += ["--anthropic-base-url", upstream, "--log-level", "warning"]
+                serve += ["--store", store]
+                ready = f"http://127.0.0.1:{port}/readyz"
+                pids.append(stack.enter_context(_launch(serve, ready, env)).pid)
+            gateway_pids = tuple(pids)
+            if instances == 1:
+                gateway = f"http://127.0.0.1:{ports[0]}"
+            else:
+                port = _free_port()
+                workdir = Path(scratch) / "nginx"
+                workdir.mkdir()
+                proxy_pid = stack.enter_context(nginx_in_front(workdir, port, ports))
+                gateway = f"http://127.0.0.1:{port}"
         redis_url = store if store.startswith(("redis://", "rediss://")) else None
-        result = _run(compare(gateway, upstream, config, gateway_pid, redis_url))
+        result = _run(compare(gateway, upstream, config, gateway_pids, redis_url, proxy_pid))
     summary = result.summary()
     if json_file:
         with open(json_file, "wb") as f:
@@ -158,6 +173,8 @@ def print_comparison(result: Comparison) -> None:
         _fmt(s["gateway_cpu_s"], " s"),
         _fmt(s["gateway_cpu_us_per_token"], " µs/token"),
     )
+    if s["proxy_cpu_us_per_token"] is not None:
+        table.add_row("nginx CPU", "", "", _fmt(s["proxy_cpu_us_per_token"], " µs/token"))
     if s["redis_peak_connections"] is not None:
         table.add_row("Redis connections, peak", "", _fmt(s["redis_peak_connections"]), "")
     if s["gateway_queued_streams"]:

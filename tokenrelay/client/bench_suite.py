@@ -253,7 +253,7 @@ async def run_round(scenario: Scenario, number: int, upstream: str, store: str) 
         for target in warm:
             await run_phase(target, WARMUP, WARMUP, 30)
         direct, through = targets(upstream, gateway_url, label, scenario.tokens, scenario.tps)
-        probe = TreeProbe(pid)
+        probe = TreeProbe((pid,))
         phases: dict[str, PhaseResult] = {}
         cpu = 0.0
         redis_peak: int | None = None
