@@ -114,7 +114,7 @@ def test_the_client_package_loads_without_the_server() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert out == [
-        "['tokenrelay.client', 'tokenrelay.client.bench', 'tokenrelay.client.chat', "
-        "'tokenrelay.client.relay']",
+        "['tokenrelay.client', 'tokenrelay.client.bench', 'tokenrelay.client.bench_proc', "
+        "'tokenrelay.client.chat', 'tokenrelay.client.relay']",
         "[]",
     ]
