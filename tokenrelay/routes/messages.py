@@ -38,6 +38,7 @@ from tokenrelay.messages_request import ModelNotFound, parse_count_tokens, parse
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.models_list import model_info, models_page
 from tokenrelay.routes.deps import Caller, GatewayDep
+from tokenrelay.routes.direct import DirectRoute
 from tokenrelay.routes.openapi import CLAUDE_MESSAGE_OK, CLAUDE_SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
@@ -52,7 +53,7 @@ from tokenrelay.routes.streaming import (
 )
 from tokenrelay.streams.log import Entry
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 ROUTE = "messages"  # the `route` label of these streams' metrics
 RequestId = Annotated[str, Depends(request_id)]

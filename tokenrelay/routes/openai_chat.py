@@ -36,6 +36,7 @@ from tokenrelay.errors import GatewayError
 from tokenrelay.gateway import Gateway
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import GatewayDep, authenticate
+from tokenrelay.routes.direct import DirectRoute
 from tokenrelay.routes.openai_schema import REQUEST_BODY, responses
 from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
@@ -47,7 +48,7 @@ from tokenrelay.routes.streaming import (
     stream_headers,
 )
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 ROUTE = "chat_completions"  # the `route` label of these streams' metrics
 RequestId = Annotated[str, Depends(request_id)]

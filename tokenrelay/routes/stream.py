@@ -13,6 +13,7 @@ from tokenrelay.dialects.tokens import TokensDialect
 from tokenrelay.gateway import Gateway
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import Caller, GatewayDep, authenticate
+from tokenrelay.routes.direct import DirectRoute
 from tokenrelay.routes.openapi import SSE_OK, errors
 from tokenrelay.routes.sse import SSEResponse
 from tokenrelay.routes.streaming import (
@@ -25,7 +26,7 @@ from tokenrelay.routes.streaming import (
     resume_delivery,
 )
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 RequestId = Annotated[str, Depends(request_id)]
 ROUTE = "api"  # the `route` label of these streams' metrics
