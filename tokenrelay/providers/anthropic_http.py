@@ -72,6 +72,8 @@ class AnthropicHttpProvider:
         )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # For a request sent again after a pooled connection turned out closed.
+        self._fresh: aiohttp.ClientSession | None = None
         # Shown every answer's headers, an error's too (the pool reads their
         # anthropic-ratelimit-* figures); once per call.
         self._observe = observe
@@ -86,6 +88,30 @@ class AnthropicHttpProvider:
             )
         return self._session
 
+    def _fresh_client(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                timeout=self._timeout,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._fresh
+
+    async def _post(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """The response to a POST (its status and headers read). A kept-alive connection
+        the upstream closed while it sat in the pool fails as the request is written or
+        before any answer (its close was not yet seen): that says nothing of the
+        upstream, so the request goes once more, at once, on a new connection; a
+        connection that cannot be made at all is the upstream's failure."""
+        try:
+            return await self._client().post(url, data=body, headers=headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await self._fresh_client().post(url, data=body, headers=headers)
+
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         body, sampling, trace = request_parts(request)
         body["stream"] = True
@@ -97,8 +123,8 @@ class AnthropicHttpProvider:
         state = BlockState()
         loads = orjson.loads
         try:
-            async with self._client().post(
-                self._messages_url, data=orjson.dumps(body), headers=headers
+            async with await self._post(
+                self._messages_url, orjson.dumps(body), headers
             ) as response:
                 if self._observe is not None:
                     self._observe(response.headers)
@@ -135,8 +161,8 @@ class AnthropicHttpProvider:
         for name in NOT_COUNTED:
             body.pop(name, None)
         try:
-            async with self._client().post(
-                self._count_url, data=orjson.dumps(body), headers=self._count_headers
+            async with await self._post(
+                self._count_url, orjson.dumps(body), self._count_headers
             ) as response:
                 if response.status != 200:
                     raise await _status_error(response)
@@ -150,8 +176,9 @@ class AnthropicHttpProvider:
         return int(counted["input_tokens"])
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
 
 def _cut(state: BlockState) -> str | None:
