@@ -27,11 +27,11 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-import uvicorn
 from starlette.types import Message
 
+from tests.support.inprocess import served
 from tests.support.logs import log_lines
-from tests.support.polling import eventually, eventually_async
+from tests.support.polling import eventually
 from tests.support.processes import free_port, spawn
 from tokenrelay.app import create_app
 from tokenrelay.client.bench import direct_target, gateway_target, run_phase
@@ -49,7 +49,6 @@ from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
 from tokenrelay.routes.sse import SSEResponse, stream_frames
-from tokenrelay.server import GatewayServer
 from tokenrelay.streams.log import StreamMeta
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
@@ -323,52 +322,43 @@ async def test_streams_start_without_fastapis_parameter_solver(
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
     port = free_port()
     config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
-    app = create_app(config)
-    server = GatewayServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"),
-        app,
-        config.drain_timeout,
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually_async(lambda: server.started or serving.done(), what="the gateway")
     prompt = "Direct route [[sim:tokens=4]]"
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            tokens = await client.post(
-                "/api/stream-response",
-                json={"prompt": prompt, "model": MODEL},
-                headers={"Idempotency-Key": "k" * 255},
-            )
-            assert tokens.status_code == 200 and tokens.text.count('{"token":') == 4
-            claude = await client.post(
-                "/v1/messages",
-                json={"model": MODEL, "max_tokens": 50, "stream": True,
-                      "messages": [{"role": "user", "content": prompt}]},
-            )  # fmt: skip
-            assert claude.status_code == 200 and claude.text.count("text_delta") == 4
-            openai_chat = await client.post(
-                "/v1/chat/completions",
-                json={"model": MODEL, "stream": True,
-                      "messages": [{"role": "user", "content": prompt}]},
-            )  # fmt: skip
-            assert openai_chat.status_code == 200 and openai_chat.text.endswith("[DONE]\n\n")
-            assert solved == []
-            # A header over its limit: FastAPI's validation, and its error, as before.
-            too_long = await client.post(
-                "/api/stream-response",
-                json={"prompt": prompt, "model": MODEL},
-                headers={"Idempotency-Key": "k" * 256},
-            )
-            assert too_long.status_code == 400
-            message = "Invalid header.idempotency-key: String should have at most 255 characters"
-            assert too_long.json() == {
-                "type": "error", "error": {"type": "invalid_request_error", "message": message},
-            }  # fmt: skip
-            # A route with query parameters is FastAPI's.
-            stream_id = tokens.headers["x-stream-id"]
-            again = await client.get(f"/api/streams/{stream_id}", params={"after": 1})
-            assert again.status_code == 200 and again.text.count('{"token":') == 3  # seq 2 on
-            assert solved == ["/api/stream-response", f"/api/streams/{stream_id}"]
-    finally:
-        server.should_exit = True
-        await serving
+    async with (
+        served(create_app(config), config),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        tokens = await client.post(
+            "/api/stream-response",
+            json={"prompt": prompt, "model": MODEL},
+            headers={"Idempotency-Key": "k" * 255},
+        )
+        assert tokens.status_code == 200 and tokens.text.count('{"token":') == 4
+        claude = await client.post(
+            "/v1/messages",
+            json={"model": MODEL, "max_tokens": 50, "stream": True,
+                  "messages": [{"role": "user", "content": prompt}]},
+        )  # fmt: skip
+        assert claude.status_code == 200 and claude.text.count("text_delta") == 4
+        openai_chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "stream": True,
+                  "messages": [{"role": "user", "content": prompt}]},
+        )  # fmt: skip
+        assert openai_chat.status_code == 200 and openai_chat.text.endswith("[DONE]\n\n")
+        assert solved == []
+        # A header over its limit: FastAPI's validation, and its error, as before.
+        too_long = await client.post(
+            "/api/stream-response",
+            json={"prompt": prompt, "model": MODEL},
+            headers={"Idempotency-Key": "k" * 256},
+        )
+        assert too_long.status_code == 400
+        message = "Invalid header.idempotency-key: String should have at most 255 characters"
+        assert too_long.json() == {
+            "type": "error", "error": {"type": "invalid_request_error", "message": message},
+        }  # fmt: skip
+        # A route with query parameters is FastAPI's.
+        stream_id = tokens.headers["x-stream-id"]
+        again = await client.get(f"/api/streams/{stream_id}", params={"after": 1})
+        assert again.status_code == 200 and again.text.count('{"token":') == 3  # seq 2 on
+        assert solved == ["/api/stream-response", f"/api/streams/{stream_id}"]

@@ -10,7 +10,6 @@ nothing at all.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import subprocess
@@ -24,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from httpx_sse import aconnect_sse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -45,6 +43,7 @@ from tests.support import (
     text_of,
     unique,
 )
+from tests.support.inprocess import served
 from tokenrelay.app import create_app, gateway_of
 from tokenrelay.config import Settings
 from tokenrelay.providers.simulator import SimulatorProvider
@@ -95,19 +94,10 @@ async def traced_gateway(simulator: str, **settings: Any) -> AsyncIterator[Trace
         heartbeat_interval=0.5, drain_timeout=2, **(upstream | settings),
     )  # fmt: skip
     app = create_app(config, tracer_provider=provider)
-    server = GatewayServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"),
-        app,
-        config.drain_timeout,
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually_async(lambda: server.started or serving.done(), what="the gateway")
-    assert server.started, serving.exception()
     try:
-        yield Traced(f"http://127.0.0.1:{port}", exporter, server)
+        async with served(app, config) as server:
+            yield Traced(f"http://127.0.0.1:{port}", exporter, server)
     finally:
-        server.should_exit = True
-        await serving
         provider.shutdown()
 
 

@@ -14,6 +14,7 @@ only define fixtures):
     proxy       a TCP proxy that cuts connections
     browser     the chat page in Chromium (imported by the browser tests only)
     docs        docs/sdk.md's code blocks, run against a test's gateway
+    inprocess   a gateway app served in the test's own event loop
 """
 
 from tests.support.answers import direct_text, unique

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import free_port, wait_for_port
+from tokenrelay.client.bench_nginx import nginx_in_front
 
 
 @dataclass
@@ -59,58 +60,15 @@ def redis_server(workdir: Path) -> Iterator[Redis]:
         server.stop()
 
 
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream gateways {{
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://gateways;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-            # An instance that is gone is skipped at once, for the next request.
-            proxy_next_upstream error timeout;
-            proxy_connect_timeout 1s;
-        }}
-    }}
-}}
-"""
-
-
 @contextlib.contextmanager
 def nginx(workdir: Path, upstream_ports: list[int]) -> Iterator[str]:
-    """Debian's nginx as the load balancer in front of the gateways (SSE unbuffered)."""
+    """Debian's nginx as the load balancer in front of the gateways (SSE unbuffered), as
+    `tokenrelay bench --instances` runs it, with a new connection to an instance for
+    every request."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;"
-                        for p in upstream_ports)  # fmt: skip
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, servers=servers))
-    proc = subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with nginx_in_front(workdir, port, upstream_ports, keepalive=0):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 PG_BIN = Path("/usr/lib/postgresql")

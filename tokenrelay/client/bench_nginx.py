@@ -31,7 +31,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     upstream gateways {{
 {servers}
-        keepalive 256;
+{keepalive}
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -42,7 +42,9 @@ http {{
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_read_timeout 1h;
+            # An instance that is gone is skipped at once, for the next request.
             proxy_next_upstream error timeout;
+            proxy_connect_timeout 1s;
         }}
     }}
 }}
@@ -50,17 +52,23 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_in_front(workdir: Path, port: int, instance_ports: list[int]) -> Iterator[int]:
-    """Run nginx on `port` balancing over the instances; yields its master's pid (its
+def nginx_in_front(
+    workdir: Path, port: int, instance_ports: list[int], *, keepalive: int = 256
+) -> Iterator[int]:
+    """Run nginx on `port` balancing over the instances, keeping up to `keepalive` idle
+    connections to them (0: a connection per request); yields its master's pid (its
     worker runs under it)."""
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if binary is None:
         raise RuntimeError("--instances needs nginx on PATH (apt-get install nginx)")
-    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in instance_ports)
+    servers = "\n".join(
+        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;" for p in instance_ports
+    )
+    kept = f"        keepalive {keepalive};" if keepalive else ""
     conf = workdir / "nginx.conf"
-    conf.write_text(CONF.format(dir=workdir, port=port, servers=servers))
+    conf.write_text(CONF.format(dir=workdir, port=port, servers=servers, keepalive=kept))
     proc = subprocess.Popen(
         [binary, "-c", str(conf), "-p", str(workdir)],
         stdout=subprocess.DEVNULL,
