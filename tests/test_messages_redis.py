@@ -8,6 +8,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -84,7 +85,7 @@ async def test_a_stream_started_on_one_instance_resumes_on_the_other(pair: Pair)
 
 
 async def test_an_instance_that_shuts_down_mid_stream_ends_it_with_an_error(
-    pair: Pair,
+    pair: Pair, tmp_path: Path
 ) -> None:
     port = free_port()
     third = f"http://127.0.0.1:{port}"
@@ -93,19 +94,21 @@ async def test_an_instance_that_shuts_down_mid_stream_ends_it_with_an_error(
     live = body(unique("Read elsewhere [[sim:tokens=300]] [[sim:tps=60]]"))
     seen: list[Frame] = []
     async with httpx.AsyncClient(timeout=30) as client:
-        with spawn(args, f"{third}/readyz", env=FAST_GATEWAY_ENV) as proc:
+        log_path = tmp_path / "third.log"
+        with spawn(args, f"{third}/readyz", env=FAST_GATEWAY_ENV, log_path=log_path) as proc:
             # Produced on the first instance, read on the third, which then shuts down.
             async with client.stream("POST", f"{pair.first}/v1/messages", json=live) as started:
                 sid = started.headers["x-stream-id"]
                 async with client.stream("GET", f"{third}/v1/streams/{sid}") as elsewhere:
-                    buffer = b""
+                    buffer, stopped = b"", False
                     async for chunk in elsewhere.aiter_bytes():
                         complete, _, buffer = (buffer + chunk).rpartition(b"\n\n")
                         seen += frames(complete + b"\n\n") if complete else []
-                        if proc.poll() is None and len(seen) > 6:
+                        if not stopped and len(seen) > 6:
                             proc.send_signal(signal.SIGTERM)  # it drains and ends its readers
+                            stopped = True
                 await started.aread()
-            assert proc.wait(timeout=15) == 0
+            assert proc.wait(timeout=15) == 0, log_path.read_text()[-3000:]
         last = [f.id for f in seen if f.id is not None][-1]
         resume = f"{pair.second}/v1/streams/{sid}"
         rest = await client.get(resume, headers={"last-event-id": last})
