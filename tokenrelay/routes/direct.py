@@ -33,23 +33,17 @@ Reader = Callable[[Request], Awaitable[Any]]
 _MISSING = object()
 
 
-async def _gateway(request: Request) -> Any:
-    return request.app.state.gateway
-
-
 async def _principal(request: Request) -> Any:
+    # `principal` itself takes the gateway as a second dependency.
     return await authenticate(request.app.state.gateway, request)
 
 
-async def _request_id(request: Request) -> Any:
-    return request.state.request_id
-
-
-# The dependencies the streaming routes use, by the function FastAPI would call.
+# The dependencies the streaming routes use, by the function FastAPI would call, and
+# what is called instead: the same function where it takes the request alone.
 KNOWN: dict[Callable[..., Any], Reader] = {
-    gateway: _gateway,
+    gateway: gateway,
     principal: _principal,
-    request_id: _request_id,
+    request_id: request_id,
 }
 
 
