@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -47,7 +48,6 @@ from tests.support.inprocess import served
 from tokenrelay.app import create_app, gateway_of
 from tokenrelay.config import Settings
 from tokenrelay.providers.simulator import SimulatorProvider
-from tokenrelay.server import GatewayServer
 
 UPSTREAM_KEY = "sk-test-upstream-key"
 
@@ -68,7 +68,7 @@ class Traced:
 
     url: str
     exporter: InMemorySpanExporter
-    server: GatewayServer
+    app: FastAPI
 
     def spans(self, trace_id: int) -> list[ReadableSpan]:
         return [s for s in self.exporter.get_finished_spans() if _trace_id(s) == trace_id]
@@ -95,8 +95,8 @@ async def traced_gateway(simulator: str, **settings: Any) -> AsyncIterator[Trace
     )  # fmt: skip
     app = create_app(config, tracer_provider=provider)
     try:
-        async with served(app, config) as server:
-            yield Traced(f"http://127.0.0.1:{port}", exporter, server)
+        async with served(app, config):
+            yield Traced(f"http://127.0.0.1:{port}", exporter, app)
     finally:
         provider.shutdown()
 
@@ -249,7 +249,7 @@ async def test_the_in_process_simulator_gets_the_attempts_traceparent(simulator:
             prompt = unique("In process [[sim:tokens=3]] [[sim:tps=0]]")
             await start(client, {"prompt": prompt}, headers=client_trace.headers)
         spans = await gw.tree(client_trace.trace_id, 4)
-        app_gateway = gateway_of(gw.server.app)
+        app_gateway = gateway_of(gw.app)
         assert app_gateway is not None
         provider = app_gateway.manager.upstreams.deployments[0].provider
         assert isinstance(provider, SimulatorProvider)

@@ -1,5 +1,6 @@
-"""A gateway served by uvicorn inside the test's own event loop, for tests that hand
-`create_app` something of their own (a tracer provider) or count calls inside it."""
+"""A gateway served as `tokenrelay serve` serves it, inside the test's own event loop,
+for tests that hand `create_app` something of their own (a tracer provider) or count
+calls inside it."""
 
 from __future__ import annotations
 
@@ -7,28 +8,26 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI
 
-from tests.support.polling import eventually_async
 from tokenrelay.config import Settings
-from tokenrelay.server import GatewayServer
+from tokenrelay.server import StopRequest, run
 
 
 @contextlib.asynccontextmanager
-async def served(app: FastAPI, config: Settings) -> AsyncIterator[GatewayServer]:
-    """`app` on 127.0.0.1:`config.port` until the block ends (then drained and stopped)."""
-    server = GatewayServer(
-        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning",
-                       lifespan="on"),
-        app,
-        config.drain_timeout,
-    )  # fmt: skip
-    serving = asyncio.create_task(server.serve())
-    await eventually_async(lambda: server.started or serving.done(), what="the gateway")
-    assert server.started, serving.exception()
+async def served(app: FastAPI, config: Settings) -> AsyncIterator[None]:
+    """`app` on `config.host`:`config.port` until the block ends (then drained and
+    stopped)."""
+    stop, started = StopRequest(), asyncio.Event()
+    serving = asyncio.create_task(run(app, config, stop, started))
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if serving.done():
+        serving.result()  # it failed to start: say why
+        raise AssertionError("the gateway stopped before it served")
     try:
-        yield server
+        yield
     finally:
-        server.should_exit = True
+        stop()
         await serving

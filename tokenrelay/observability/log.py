@@ -5,7 +5,7 @@ the root logger, whose structlog `ProcessorFormatter` makes each record an event
 `event`, `level`, `timestamp`, `logger`, the event's fields, and the context bound
 with structlog's contextvars (`request_id` by the request-id middleware, `stream_id`
 by the routes and in each producer's task). The gateway's own events (`log_event`),
-uvicorn's error and access logs, alembic's: the same pipeline, the same shape. A
+the access log (`--access-log`), alembic's: the same pipeline, the same shape. A
 structlog logger (`structlog.get_logger()`) ends in the same handler too.
 
 An event name and its fields are the contract (tests, dashboards and log pipelines
@@ -72,10 +72,6 @@ def configure_logging(fmt: LogFormat, level: str = "info", stream: TextIO | None
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    access = logging.getLogger("uvicorn.access")
-    for old in [f for f in access.filters if isinstance(f, AccessFields)]:
-        access.removeFilter(old)
-    access.addFilter(AccessFields())
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -100,20 +96,6 @@ def _event_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
             if value is not None:
                 event_dict[key] = value
     return event_dict
-
-
-class AccessFields(logging.Filter):
-    """uvicorn's access line as an `http_request` event with fields. The query string
-    is left out: `GET /api/stream-response?prompt=…` carries the prompt in it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5:
-            client, method, path, http_version, status = args
-            record.msg, record.args = "http_request", ()
-            fields = {"method": method, "path": str(path).partition("?")[0], "status": status}
-            setattr(record, FIELDS, {**fields, "http_version": http_version, "client": client})
-        return True
 
 
 def _dumps(value: Any, **_: Any) -> str:
