@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import eventually_async, free_port, read_stream, spawn, unique
+from tests.support import eventually_async, free_port, log_lines, read_stream, spawn, unique
 
 
 def gateway(tmp_path: Path, drain_timeout: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -79,3 +79,36 @@ async def test_streams_still_running_at_drain_timeout_end_with_shutdown(
     assert final["code"] == "shutdown" and final["retryable"] is True
     assert final["usage"]["output_tokens"] == sum(e.token is not None for e in read.events)
     assert proc.wait(timeout=10) == 0  # it never hangs on an open SSE connection
+
+
+@pytest.fixture
+def very_patient(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    yield from gateway(tmp_path, "120")
+
+
+async def test_a_second_signal_ends_the_drain_at_once(
+    very_patient: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    url, proc = very_patient
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        body = {"prompt": unique("Twenty seconds [[sim:tokens=400]] [[sim:tps=20]]")}
+        reading = asyncio.create_task(
+            read_stream(client, "POST", "/api/stream-response", json=body)
+        )
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            return httpx.get(f"{url}/readyz").status_code == 503
+
+        await eventually_async(draining, what="readiness to turn 503 after SIGTERM")
+        proc.send_signal(signal.SIGTERM)  # the operator will not wait 120 s
+        read = await reading
+    final = read.events[-1].data
+    assert final["code"] == "shutdown" and final["retryable"] is True
+    tokens = sum(e.token is not None for e in read.events)
+    assert final["usage"]["output_tokens"] == tokens < 400
+    assert proc.wait(timeout=10) == 0
+    # The streams were ended, then the server stopped: it did not have to be cut off.
+    events = [e["event"] for e in log_lines((tmp_path / "gateway.log").read_text())]
+    assert "shutdown" in events and "shutdown_forced" not in events

@@ -115,9 +115,10 @@ async def run(
             )  # fmt: skip
             draining = asyncio.create_task(manager.drain(settings.drain_timeout))
             await _first(draining, stop.forced.wait())
-            if not draining.done():
+            if not draining.done():  # a second signal: end the streams now
                 draining.cancel()
                 await asyncio.gather(draining, return_exceptions=True)
+                await manager.aclose()
         server.stop()  # type: ignore[no-untyped-call]
         try:
             await asyncio.wait_for(serving, STOP_TIMEOUT_S)
