@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +156,20 @@ async def test_sigterm_on_redis_hands_streams_over_and_ends_readers_cleanly(
                 unpaced = {"prompt": f"{prompt} [[sim:tps=0]]"}
                 whole = await read_stream(c, "POST", "/api/stream-response", json=unpaced)
                 assert_whole_answer(head + tail.events, whole.text)
+
+
+def test_a_second_gateway_on_a_port_in_use_refuses_to_start(tmp_path: Path) -> None:
+    # granian listens with SO_REUSEPORT: without the check, the second would share
+    # the first one's connections and say nothing.
+    port = free_port()
+    args = ["serve", "--port", str(port), "--provider", "simulator"]
+    env = {"TOKENRELAY_DATABASE_URL": "off"}
+    with spawn(args, f"http://127.0.0.1:{port}/readyz", env=env):
+        second = subprocess.run(
+            [sys.executable, "-m", "tokenrelay", *args],
+            env={**os.environ, **env}, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 3, second.stdout
+        failed = log_events(second.stdout.decode(), "bind_failed")
+        assert [(e["port"], e["error"]) for e in failed] == [(str(port), "Address already in use")]
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200

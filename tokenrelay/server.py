@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -91,6 +92,7 @@ async def run(
 ) -> None:
     """Open the app's lifespan, serve it on `settings.host:port` (`started` is set
     once the port listens) until `stop()`, drain, stop serving, close the lifespan."""
+    _refuse_a_port_in_use(settings.host, settings.port)
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(app.router.lifespan_context(app))
@@ -131,6 +133,22 @@ async def _first(task: asyncio.Task[None], other: Coroutine[Any, Any, Any]) -> N
     waiter = asyncio.ensure_future(other)
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
+
+
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """granian binds with SO_REUSEPORT: a second gateway on a port already served would
+    silently share its connections. A bind without it fails on a listening port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            log_event(
+                log, "bind_failed", level=logging.ERROR, host=host, port=port,
+                error=exc.strerror or type(exc).__name__,
+            )  # fmt: skip
+            raise StartupFailed from exc
 
 
 def _server(app: object, settings: Settings) -> Server:
