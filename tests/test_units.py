@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
-from typing import Any
 
 import pytest
 
@@ -197,46 +196,3 @@ def test_encoded_entries_take_their_own_size_not_a_serializer_buffer() -> None:
         tracemalloc.stop()
     assert payloads[7] == b'{"token":"word 7"}'
     assert held < 250 * 1000  # 50 to 120 bytes each, plus the list
-
-
-async def test_a_reader_that_follows_every_push_arms_one_timer_not_one_a_read() -> None:
-    tail = Tail()
-    loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    call_at = loop.call_at
-
-    def counted(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
-        timers.append(when)
-        return call_at(when, callback, *args, **kw)
-
-    loop.call_at = counted  # type: ignore[method-assign]
-    try:
-        seen: list[Entry] = []
-
-        async def follow() -> None:
-            after = -1
-            while len(seen) < 100:
-                got = await tail.read(after, 30)
-                seen.extend(got)
-                after = got[-1].seq
-
-        reader = asyncio.create_task(follow())
-        for seq in range(100):
-            await asyncio.sleep(0)  # the reader waits again before each push
-            tail.push(Entry(seq, Text(str(seq))))
-        await reader
-    finally:
-        del loop.call_at  # type: ignore[method-assign]
-    assert [e.seq for e in seen] == list(range(100))
-    assert len(timers) == 1
-
-
-async def test_a_short_wait_ends_on_time_while_a_long_one_goes_on() -> None:
-    tail = Tail()
-    long = asyncio.create_task(tail.read(-1, 30))
-    assert await tail.read(-1, 0.05) == []  # it re-armed the tail's timer for itself
-    await asyncio.sleep(0.1)  # the timer, re-armed for the long wait, has not ended it
-    assert not long.done()
-    entry = Entry(0, Text("a"))
-    tail.push(entry)
-    assert await long == [entry]
