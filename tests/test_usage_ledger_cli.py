@@ -17,7 +17,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import ROOT
@@ -161,6 +161,64 @@ async def test_db_upgrade_creates_the_schema_once(database_url: str) -> None:
             assert await conn.run_sync(_schema_differences) == []
     finally:
         await engine.dispose()
+
+
+def _shape(connection: Connection) -> dict[str, Any]:
+    """Every table's columns, keys and indexes, as the database reports them."""
+    found = inspect(connection)
+
+    def table(name: str) -> tuple[Any, ...]:
+        columns = [(c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                   for c in found.get_columns(name)]  # fmt: skip
+        indexes = sorted((i["name"], tuple(i["column_names"]), i["unique"])
+                         for i in found.get_indexes(name))  # fmt: skip
+        keys = sorted((tuple(f["constrained_columns"]), f["referred_table"])
+                      for f in found.get_foreign_keys(name))  # fmt: skip
+        uniques = sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(name))
+        return columns, found.get_pk_constraint(name)["constrained_columns"], indexes, keys, uniques
+
+    return {name: table(name) for name in sorted(found.get_table_names())}
+
+
+async def test_a_new_sqlite_database_is_made_at_head_as_the_migrations_would(
+    tmp_path: Path,
+) -> None:
+    made = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/made.db")
+    migrated = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/migrated.db")
+    try:
+        assert await migrate.upgrade(made) is True
+        async with migrated.begin() as conn:
+            await conn.run_sync(migrate.apply_migrations)
+        shapes = []
+        for engine in (made, migrated):
+            async with engine.connect() as conn:
+                assert await migrate.current_revision(conn) == migrate.HEAD
+                assert await conn.run_sync(_schema_differences) == []
+                shapes.append(await conn.run_sync(_shape))
+        assert shapes[0] == shapes[1]
+        assert len(shapes[0]) == 6  # five tables and alembic_version
+        # Alembic takes the stamped database as migrated: nothing to do, no error.
+        async with made.begin() as conn:
+            await conn.run_sync(migrate.apply_migrations)
+        assert await migrate.upgrade(made) is False
+    finally:
+        await made.dispose()
+        await migrated.dispose()
+
+
+def test_making_a_new_sqlite_database_loads_no_alembic(tmp_path: Path) -> None:
+    # Alembic and Mako, once imported, stay for the life of the gateway: some 10 MiB.
+    probe = (
+        "import asyncio, sys\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "from tokenrelay.usage import migrate\n"
+        f"engine = create_async_engine('sqlite+aiosqlite:///{tmp_path}/probe.db')\n"
+        "print(asyncio.run(migrate.upgrade(engine)), 'alembic' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "True False\n", done.stderr
 
 
 def test_head_is_the_newest_migration() -> None:
