@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import eventually_async, free_port, log_lines, read_stream, spawn, unique
+from tests.support import (
+    Read,
+    eventually_async,
+    free_port,
+    log_lines,
+    read_stream,
+    spawn,
+    unique,
+)
 
 
 def gateway(tmp_path: Path, drain_timeout: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -23,6 +31,24 @@ def gateway(tmp_path: Path, drain_timeout: str) -> Iterator[tuple[str, subproces
     with spawn(["serve", "--port", str(port), "--provider", "simulator"], f"{url}/readyz",
                env=env, log_path=tmp_path / "gateway.log") as proc:  # fmt: skip
         yield url, proc
+
+
+async def sigterm_mid_stream(
+    url: str, proc: subprocess.Popen[bytes], client: httpx.AsyncClient, prompt: str
+) -> tuple[asyncio.Task[Read], httpx.Response]:
+    """Start reading a stream of `prompt`, SIGTERM the gateway half a second in, and
+    wait for its readiness to say it drains: the reading task and that answer."""
+    body = {"prompt": unique(prompt)}
+    reading = asyncio.create_task(read_stream(client, "POST", "/api/stream-response", json=body))
+    await asyncio.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+
+    def draining() -> httpx.Response | None:
+        response = httpx.get(f"{url}/readyz")
+        return response if response.status_code == 503 else None
+
+    ready = await eventually_async(draining, what="readiness to turn 503 after SIGTERM")
+    return reading, ready
 
 
 @pytest.fixture
@@ -40,18 +66,8 @@ async def test_drain_lets_in_flight_streams_finish_and_refuses_new_ones(
 ) -> None:
     url, proc = patient
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        body = {"prompt": unique("Finish me [[sim:tokens=40]] [[sim:tps=20]]")}
-        reading = asyncio.create_task(
-            read_stream(client, "POST", "/api/stream-response", json=body)
-        )
-        await asyncio.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-
-        def draining() -> httpx.Response | None:
-            response = httpx.get(f"{url}/readyz")
-            return response if response.status_code == 503 else None
-
-        ready = await eventually_async(draining, what="readiness to turn 503 after SIGTERM")
+        prompt = "Finish me [[sim:tokens=40]] [[sim:tps=20]]"
+        reading, ready = await sigterm_mid_stream(url, proc, client, prompt)
         refused = await client.post("/api/stream-response", json={"prompt": "too late"})
         read = await reading
     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
@@ -91,17 +107,8 @@ async def test_a_second_signal_ends_the_drain_at_once(
 ) -> None:
     url, proc = very_patient
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        body = {"prompt": unique("Twenty seconds [[sim:tokens=400]] [[sim:tps=20]]")}
-        reading = asyncio.create_task(
-            read_stream(client, "POST", "/api/stream-response", json=body)
-        )
-        await asyncio.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-
-        def draining() -> bool:
-            return httpx.get(f"{url}/readyz").status_code == 503
-
-        await eventually_async(draining, what="readiness to turn 503 after SIGTERM")
+        prompt = "Twenty seconds [[sim:tokens=400]] [[sim:tps=20]]"
+        reading, _ = await sigterm_mid_stream(url, proc, client, prompt)
         proc.send_signal(signal.SIGTERM)  # the operator will not wait 120 s
         read = await reading
     final = read.events[-1].data
