@@ -10,7 +10,8 @@ process, whose event loop, signals and lifespan are ours. The order of a shutdow
 the gateway's to keep: on SIGTERM or SIGINT the streams are drained while the port
 still answers (new streams get a retryable 503, clients of running ones resume on
 another instance), then the server stops, then the lifespan closes the store and
-flushes the ledger. A second signal skips the drain.
+flushes the ledger. A second signal ends the running streams at once (with the
+retryable `shutdown` error) instead of waiting for them.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def serve(settings: Settings) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     app = create_app(settings)
     scheme = "https" if settings.tls else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log_event(
-        log, "serving", url=f"{scheme}://{settings.host}:{settings.port}",
+        log, "serving", url=f"{scheme}://{host}:{settings.port}",
         provider=settings.resolved_provider(), store=_without_credentials(settings.store),
         model=settings.model, auth=settings.auth, metrics_port=settings.metrics_port or None,
     )  # fmt: skip
