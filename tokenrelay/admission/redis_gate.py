@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tokenrelay.admission.gate import Caps, QueueTimeout, Report, wait_for_turn
+from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.observability.log import log_event
 from tokenrelay.streams import keys
 from tokenrelay.streams.redis import store_errors
@@ -306,9 +307,7 @@ class RedisGate:
                     async with asyncio.timeout(self._renew_every):
                         await self._changed.wait()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
 
     async def _refresh(self) -> None:
         tickets = list(self._tickets.values())
@@ -338,9 +337,6 @@ class RedisGate:
     async def aclose(self) -> None:
         for ticket in list(self._tickets.values()):
             ticket.release()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await cancel_and_wait(self._watcher)
         if self._releasing:
             await asyncio.wait(self._releasing, timeout=2)

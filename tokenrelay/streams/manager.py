@@ -21,6 +21,7 @@ from typing import Any
 
 from tokenrelay.admission.budgets import Budgets, Meter
 from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
+from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import IdempotencyConflict, InvalidRequest, Overloaded, StreamNotFound
 from tokenrelay.events import Done, Start
 from tokenrelay.observability import telemetry
@@ -603,10 +604,7 @@ class StreamManager:
         for timer in self._abandon_timers.values():
             timer.cancel()
         self._abandon_timers.clear()
-        owned = list(self._tasks)
-        for task in owned:
-            task.cancel()
-        await asyncio.gather(*owned, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         # Whoever still reads follows a stream produced elsewhere (or handed over):
         # their responses end now, and their clients resume on another instance.
         self._readers_closed = True

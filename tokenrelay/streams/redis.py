@@ -25,6 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import StoreUnavailable
 from tokenrelay.events import (
     TERMINAL_TYPES,
@@ -172,11 +173,7 @@ class _WriteBatcher:
             self._task = None
 
     async def aclose(self) -> None:
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._task)
 
 
 class RedisLog:
@@ -405,10 +402,7 @@ class RedisLog:
             return False
 
     async def aclose(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        await cancel_and_wait(self._follower)
         await self._writes.aclose()
         await self._redis.aclose()
         await self.blocking_client.aclose()

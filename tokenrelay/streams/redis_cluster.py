@@ -8,7 +8,7 @@ and continues it from its log (the producer's continuation does the rest). Two
 instances may try at once; SET NX lets exactly one win, and XADD's refusal of a
 taken seq (`StreamTakenOver`) stops a producer that came back too late.
 
-The cluster owns two tasks, both cancelled by `aclose`: the maintenance loop
+The cluster owns two tasks, both stopped by `aclose`: the maintenance loop
 (renewal and takeover scans) and the cancel subscription (one per process).
 """
 
@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
+from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import Overloaded
 from tokenrelay.observability.log import log_event
 from tokenrelay.streams import keys
@@ -88,9 +89,7 @@ class RedisCluster:
         return len(handed)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     # -- leases and takeover -----------------------------------------------------------

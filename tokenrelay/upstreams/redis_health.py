@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.observability.log import log_event
 from tokenrelay.upstreams.shared import OnChange
 
@@ -120,8 +121,4 @@ class RedisHealth:
             return  # not one of ours
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
