@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
+import h11
 import httpx
+import orjson
 import pytest
 
 from tests.support import Stack, assert_error, start, unique
@@ -85,6 +88,96 @@ async def test_chunked_body_over_one_mib_is_413(client: httpx.AsyncClient) -> No
         "/api/stream-response", content=chunks(), headers={"content-type": "application/json"}
     )
     assert_error(response, 413, "request_too_large")
+
+
+class Connection:
+    """One raw keep-alive connection to the gateway: the client sends what it likes, when
+    it likes (part of a body, the rest later), and reads each answer with h11."""
+
+    def __init__(self, stack: Stack) -> None:
+        host, port = stack.gateway.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.http = h11.Connection(h11.CLIENT)
+
+    def send(self, *events: Any) -> None:
+        for event in events:
+            self.sock.sendall(self.http.send(event) or b"")
+
+    def answer(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        response, body = None, b""
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(self.sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                return response.status_code, dict(response.headers), body
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+
+    def next_request(self) -> None:
+        self.http.start_next_cycle()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+POST = [(b"host", b"x"), (b"content-type", b"application/json")]
+
+
+def _post(path: str, *headers: tuple[bytes, bytes]) -> h11.Request:
+    return h11.Request(method="POST", target=path, headers=[*POST, *headers])
+
+
+def _health_on(conn: Connection) -> int:
+    conn.next_request()
+    conn.send(h11.Request(method="GET", target="/healthz", headers=[(b"host", b"x")]))
+    conn.send(h11.EndOfMessage())
+    return conn.answer()[0]
+
+
+def test_a_refused_body_is_read_to_its_end_and_the_connection_serves_on(stack: Stack) -> None:
+    """The 413 goes out before the body has arrived; the rest of it is read and dropped,
+    so the client sees the answer and its next request on the connection is answered."""
+    size = 2 << 20
+    with contextlib.closing(Connection(stack)) as conn:
+        conn.send(_post("/api/stream-response", (b"content-length", str(size).encode())))
+        conn.send(h11.Data(data=b"x" * 65536))
+        status, headers, body = conn.answer()
+        assert (status, headers.get(b"connection")) == (413, None)
+        assert orjson.loads(body)["error"]["type"] == "request_too_large"
+        conn.send(h11.Data(data=b"x" * (size - 65536)), h11.EndOfMessage())
+        assert _health_on(conn) == 200
+
+
+def test_a_chunked_body_refused_midway_is_read_to_its_end(stack: Stack) -> None:
+    with contextlib.closing(Connection(stack)) as conn:
+        conn.send(_post("/api/stream-response", (b"transfer-encoding", b"chunked")))
+        for _ in range(40):
+            conn.send(h11.Data(data=b"x" * 65536))
+        status, _, body = conn.answer()
+        assert (status, orjson.loads(body)["error"]["type"]) == (413, "request_too_large")
+        conn.send(h11.EndOfMessage())
+        assert _health_on(conn) == 200
+
+
+def test_a_body_the_gateway_answers_without_reading_is_read_to_its_end(stack: Stack) -> None:
+    with contextlib.closing(Connection(stack)) as conn:
+        conn.send(_post("/no/such/route", (b"content-length", str(512 << 10).encode())))
+        conn.send(h11.Data(data=b"x" * (512 << 10)), h11.EndOfMessage())
+        assert conn.answer()[0] == 404
+        assert _health_on(conn) == 200
+
+
+def test_a_body_too_long_to_read_is_refused_with_the_connection_closed(stack: Stack) -> None:
+    with contextlib.closing(Connection(stack)) as conn:
+        conn.send(_post("/api/stream-response", (b"content-length", str(1 << 30).encode())))
+        status, headers, _ = conn.answer()
+        assert (status, headers.get(b"connection")) == (413, b"close")
 
 
 def test_truncated_body_does_not_hang_the_connection(stack: Stack) -> None:
