@@ -5,13 +5,16 @@ log that leaves out the query string (where an EventSource request's prompt is).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from tests.support import (
     Read,
@@ -24,6 +27,7 @@ from tests.support import (
     start,
     unique,
 )
+from tokenrelay.observability.log import JsonLines, line_formatter, log_event
 from tokenrelay.usage import migrate
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -146,3 +150,53 @@ async def test_every_response_echoes_its_request_id(stack: Stack) -> None:
             assert GENERATED_ID.match(given), given
         streamed = await start(client, {"prompt": unique("Echo [[sim:tokens=3]]")}, headers=sent)
         assert streamed.headers.get_list("x-request-id") == ["req-echo-1"]
+
+
+def test_a_log_events_json_line_is_the_one_structlogs_chain_makes() -> None:
+    """`JsonLines` makes a `log_event`'s line itself: the same keys, in the same order,
+    with the same values as the chain it stands in for (all but the time it was made)."""
+    formatter = line_formatter("json")
+    assert isinstance(formatter, JsonLines)
+    lines: list[tuple[str, str]] = []
+
+    class Both(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((formatter.format(record), formatter.chain.format(record)))
+
+    logger = logging.getLogger("tokenrelay.test-lines")
+    logger.addHandler(Both())
+    logger.propagate, logger.level = False, logging.INFO
+    clear_contextvars()
+    try:
+        log_event(logger, "plain")
+        bind_contextvars(request_id="req-1", stream_id="s-bound")
+        log_event(logger, "stream_complete", stream_id="s-own", output_tokens=3, cost_usd=2.5e-05,
+                  missing=None, level_name="x", path=Path("/tmp/a b"), error=ValueError("bad"),
+                  text="naïve ☃ \"quoted\"")  # fmt: skip
+        log_event(logger, "upstream_retry", level=logging.WARNING, attempt=2)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log_event(logger, "stream_error", level=logging.ERROR, exc_info=True, kind="x")
+        logger.warning("a foreign line: %s", 42)
+    finally:
+        clear_contextvars()
+    assert len(lines) == 5
+    for direct, chain in lines:
+        made, expected = orjson.loads(direct), orjson.loads(chain)
+        assert ISO_UTC.match(made.pop("timestamp")) and ISO_UTC.match(expected.pop("timestamp"))
+        assert list(made.items()) == list(expected.items())
+    # The context's keys come in the order structlog made their variables in this process.
+    keys = [list(orjson.loads(line)) for line, _ in lines[:3]]
+    assert keys[0] == ["event", "level", "logger", "timestamp"]
+    assert keys[1] == [
+        "event", "stream_id", "output_tokens", "cost_usd", "level_name", "path", "error",
+        "text", "request_id", "level", "logger", "timestamp",
+    ]  # fmt: skip
+    assert (keys[2][:2], set(keys[2][2:4]), keys[2][4:]) == (
+        ["event", "attempt"], {"request_id", "stream_id"}, ["level", "logger", "timestamp"],
+    )  # fmt: skip
+    second = orjson.loads(lines[1][0])
+    assert (second["stream_id"], second["path"], second["error"]) == ("s-own", "/tmp/a b", "bad")
+    assert "RuntimeError: boom" in orjson.loads(lines[3][0])["exception"]
+    assert orjson.loads(lines[4][0])["event"] == "a foreign line: 42"

