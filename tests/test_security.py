@@ -150,6 +150,21 @@ def test_unsafe_configurations_refuse_to_start(args: list[str], message: str) ->
     assert "Traceback" not in result.stderr
 
 
+def test_the_anthropic_provider_without_a_key_refuses_to_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", "serve", "--provider", "anthropic"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "TOKENRELAY_DATABASE_URL": "off"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "tokenrelay: --provider anthropic needs ANTHROPIC_API_KEY (or --provider simulator)\n"
+    )
+
+
 def test_wildcard_cors_with_credentials_is_refused() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tokenrelay", "serve", "--cors-origin", "*"],

@@ -178,6 +178,10 @@ def from_settings(settings: Settings, environ: Mapping[str, str] | None = None) 
     else:
         key = settings.anthropic_api_key
         secret = key.get_secret_value() if key is not None else None
+        if not secret:  # found at start, not when the first request needs it
+            raise UpstreamsConfigError(
+                "--provider anthropic needs ANTHROPIC_API_KEY (or --provider simulator)"
+            )
         only = DeploymentConfig(
             "default", "anthropic", settings.anthropic_base_url, "env:ANTHROPIC_API_KEY", secret
         )
