@@ -395,3 +395,38 @@ async def test_the_collector_leaves_the_old_generations_alone_while_streams_run(
             gc.callbacks.remove(count)
     assert gc.get_threshold() == before
     assert collections[1] + collections[2] == 0, collections
+
+
+async def test_sse_bodies_go_to_the_server_past_the_middleware_chain() -> None:
+    """The middleware chain sees a stream's response start (its layers add headers), and
+    none of its body chunks: each is one call to the server's `send`."""
+    seen: list[str] = []
+
+    class Counting:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def counted(message: Message) -> None:
+                seen.append(message["type"])
+                await send(message)
+
+            await self.app(scope, receive, counted)
+
+    port = free_port()
+    config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1,
+                      simulator_ttft_ms=0, simulator_tps=200)  # fmt: skip
+    app = create_app(config)
+    app.add_middleware(Counting)
+    async with (
+        served(app, config),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        body = {"prompt": "Past the chain [[sim:tokens=20]]", "model": MODEL}
+        answer = await client.post("/api/stream-response", json=body)
+        assert answer.text.count('{"token":') == 20
+        assert answer.headers["x-content-type-options"] == "nosniff"  # a layer's header
+        assert seen == ["http.response.start"]
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert seen == ["http.response.start"] * 2 + ["http.response.body"]

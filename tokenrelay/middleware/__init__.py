@@ -1,7 +1,9 @@
 """Every middleware a request passes, in order, in one list (`stack`).
 
 All of them are pure ASGI: none wraps a streaming response in a buffering layer,
-and each touches only `http.response.start` (headers), never a body chunk.
+and each touches only `http.response.start` (headers), never a body chunk. That is a
+rule, not a habit: an SSE response writes its body chunks to the server's own `send`,
+past every layer here (`routes/sse.py`, `SERVER_SEND`).
 """
 
 from __future__ import annotations

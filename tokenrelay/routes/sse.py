@@ -27,6 +27,12 @@ from tokenrelay.observability import telemetry
 from tokenrelay.observability.tracing import NO_DELIVERY, Delivery
 from tokenrelay.streams.manager import StreamManager
 
+# Where the server's own `send` waits in the scope (`server.py` puts it there). The
+# response's start goes through the middleware chain, whose layers add headers to it;
+# every body chunk goes straight to the server: no layer touches one (see
+# `middleware/__init__.py`), and past them a write is one call, not five.
+SERVER_SEND = "tokenrelay.server_send"
+
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -57,11 +63,12 @@ class SSEResponse(Response):
             sender.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
+        write = scope.get(SERVER_SEND, send)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
             async for chunk in self._frames:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await write({"type": "http.response.body", "body": chunk, "more_body": True})
+            await write({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone or sender.uncancel() > 0:
                 raise
