@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Stack, run_stack
+from tests.support import Redis, Stack, redis_server, run_stack
 from tests.support.services import Postgres, postgres_server
 
 
@@ -32,6 +32,13 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A redis-server of the module's own."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -38,12 +38,6 @@ from tokenrelay.admission.redis_gate import RedisGate
 MakeGate = Callable[[Caps], Awaitable[Gate]]
 
 
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @contextlib.asynccontextmanager
 async def redis_gates(redis: Redis, **timing: float) -> AsyncIterator[MakeGate]:
     """Gates on one Redis, each with clients of its own, as instances have."""

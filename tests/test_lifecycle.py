@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,7 +24,6 @@ from tests.support import (
     eventually_async,
     free_port,
     log_events,
-    redis_server,
     resume,
     spawn,
 )
@@ -38,12 +36,6 @@ from tokenrelay.streams.log import Entry
 
 LONG = "A long answer [[sim:tokens=200]] [[sim:tps=40]] [[sim:ttft_ms=0]]"
 TRACES = ("Traceback", "Task was destroyed", "CancelledError", "graceful shutdown exceeded")
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 async def _read_some(gw: Gateway, stream_id: str, seen: list[Entry]) -> None:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
-import pytest
-
-from tests.support import Redis, redis_server
+from tests.support import Redis
 from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.config import Settings
 from tokenrelay.registry import Store, build_store
@@ -39,12 +36,6 @@ class Host:
 
     async def stop_for_handover(self) -> list[str]:
         return []
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 async def test_the_redis_store_closes_every_time_however_soon_after_opening(

@@ -123,10 +123,12 @@ async def test_a_ticket_streams_within_its_ttl_and_is_refused_after(
 # --- refusing to start unsafely --------------------------------------------------------
 
 
-def serve(*args: str) -> subprocess.CompletedProcess[str]:
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`tokenrelay serve` that is expected to refuse; `env` in place of the test's own."""
     return subprocess.run(
         [sys.executable, "-m", "tokenrelay", "serve", "--port", str(free_port()), *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
@@ -151,13 +153,8 @@ def test_unsafe_configurations_refuse_to_start(args: list[str], message: str) ->
 
 
 def test_the_anthropic_provider_without_a_key_refuses_to_start() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "serve", "--provider", "anthropic"],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "TOKENRELAY_DATABASE_URL": "off"},
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = serve(
+        "--provider", "anthropic", env={"PATH": "/usr/bin:/bin", "TOKENRELAY_DATABASE_URL": "off"}
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
@@ -166,13 +163,10 @@ def test_the_anthropic_provider_without_a_key_refuses_to_start() -> None:
 
 
 def test_wildcard_cors_with_credentials_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "serve", "--cors-origin", "*"],
-        cwd=ROOT,
+    result = serve(
+        "--cors-origin",
+        "*",
         env={"TOKENRELAY_CORS_ALLOW_CREDENTIALS": "true", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert result.returncode == 2
     assert "CORS origin '*' cannot be combined with credentials" in result.stderr

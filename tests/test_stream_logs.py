@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,6 @@ from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
 from tokenrelay.streams.memory import MemoryLog
 from tokenrelay.streams.redis import RedisLog
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])
