@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from typing import Any
@@ -11,7 +12,11 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import Stack, assert_error, start, unique
+from tests.support import Stack, assert_error, free_port, start, unique
+from tests.support.inprocess import served
+from tokenrelay.app import create_app
+from tokenrelay.config import Settings
+from tokenrelay.middleware import body_limit
 
 BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str]] = [
     ("not json", b"{prompt: hi", "Request body is not valid JSON"),
@@ -94,8 +99,8 @@ class Connection:
     """One raw keep-alive connection to the gateway: the client sends what it likes, when
     it likes (part of a body, the rest later), and reads each answer with h11."""
 
-    def __init__(self, stack: Stack) -> None:
-        host, port = stack.gateway.removeprefix("http://").split(":")
+    def __init__(self, gateway: str) -> None:
+        host, port = gateway.removeprefix("http://").split(":")
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.http = h11.Connection(h11.CLIENT)
 
@@ -144,7 +149,7 @@ def test_a_refused_body_is_read_to_its_end_and_the_connection_serves_on(stack: S
     """The 413 goes out before the body has arrived; the rest of it is read and dropped,
     so the client sees the answer and its next request on the connection is answered."""
     size = 2 << 20
-    with contextlib.closing(Connection(stack)) as conn:
+    with contextlib.closing(Connection(stack.gateway)) as conn:
         conn.send(_post("/api/stream-response", (b"content-length", str(size).encode())))
         conn.send(h11.Data(data=b"x" * 65536))
         status, headers, body = conn.answer()
@@ -155,7 +160,7 @@ def test_a_refused_body_is_read_to_its_end_and_the_connection_serves_on(stack: S
 
 
 def test_a_chunked_body_refused_midway_is_read_to_its_end(stack: Stack) -> None:
-    with contextlib.closing(Connection(stack)) as conn:
+    with contextlib.closing(Connection(stack.gateway)) as conn:
         conn.send(_post("/api/stream-response", (b"transfer-encoding", b"chunked")))
         for _ in range(40):
             conn.send(h11.Data(data=b"x" * 65536))
@@ -166,7 +171,7 @@ def test_a_chunked_body_refused_midway_is_read_to_its_end(stack: Stack) -> None:
 
 
 def test_a_body_the_gateway_answers_without_reading_is_read_to_its_end(stack: Stack) -> None:
-    with contextlib.closing(Connection(stack)) as conn:
+    with contextlib.closing(Connection(stack.gateway)) as conn:
         conn.send(_post("/no/such/route", (b"content-length", str(512 << 10).encode())))
         conn.send(h11.Data(data=b"x" * (512 << 10)), h11.EndOfMessage())
         assert conn.answer()[0] == 404
@@ -174,10 +179,29 @@ def test_a_body_the_gateway_answers_without_reading_is_read_to_its_end(stack: St
 
 
 def test_a_body_too_long_to_read_is_refused_with_the_connection_closed(stack: Stack) -> None:
-    with contextlib.closing(Connection(stack)) as conn:
+    with contextlib.closing(Connection(stack.gateway)) as conn:
         conn.send(_post("/api/stream-response", (b"content-length", str(1 << 30).encode())))
         status, headers, _ = conn.answer()
         assert (status, headers.get(b"connection")) == (413, b"close")
+
+
+async def test_a_refused_body_that_stops_arriving_is_waited_for_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that declares a body and stops sending it does not hold the request's
+    task: after DISCARD_WAIT_S the connection is closed."""
+    monkeypatch.setattr(body_limit, "DISCARD_WAIT_S", 0.2)
+    port = free_port()
+    config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
+    async with served(create_app(config), config):
+        conn = Connection(f"http://127.0.0.1:{port}")
+        with contextlib.closing(conn):
+            conn.send(_post("/api/stream-response", (b"content-length", str(2 << 20).encode())))
+            conn.send(h11.Data(data=b"x" * 65536))
+            status, _, _ = await asyncio.to_thread(conn.answer)
+            assert status == 413
+            conn.sock.settimeout(10)  # the close comes after 0.2 s; 10 s is a hang
+            assert await asyncio.to_thread(conn.sock.recv, 65536) == b""
 
 
 def test_truncated_body_does_not_hang_the_connection(stack: Stack) -> None:

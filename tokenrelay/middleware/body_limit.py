@@ -8,16 +8,21 @@ Why read what is refused: the HTTP server closes a connection whose request body
 left unread, and a close with unread bytes in the socket makes the kernel reset it.
 The client then loses the answer it was about to read (a 413, a 401), or reuses the
 connection for its next request and finds it gone. Up to `DISCARD_MAX` bytes are read
-and dropped; a body longer than that is answered with `connection: close`.
+and dropped; a body longer than that is answered with `connection: close`. A client
+that stops sending is given `DISCARD_WAIT_S`, and then the connection is closed.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenrelay.errors import RequestTooLarge
 
 DISCARD_MAX = 64 << 20
+DISCARD_WAIT_S = 10.0
 
 
 class BodySizeLimit:
@@ -77,9 +82,12 @@ class BodySizeLimit:
 
 
 async def _discard(receive: Receive, budget: int) -> None:
-    """Read the request body to its end, or until `budget` bytes have gone by."""
-    while budget >= 0:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-        budget -= len(message.get("body", b""))
+    """Read the request body to its end, or until `budget` bytes have gone by, or until
+    the client has sent nothing for `DISCARD_WAIT_S`."""
+    with contextlib.suppress(TimeoutError):
+        while budget >= 0:
+            async with asyncio.timeout(DISCARD_WAIT_S):
+                message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
