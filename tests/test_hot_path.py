@@ -27,11 +27,12 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+from starlette.routing import Mount, Route
 from starlette.types import Message
 
 from tests.support.inprocess import served
 from tests.support.logs import log_lines
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_async
 from tests.support.processes import free_port, spawn
 from tokenrelay.app import GC_THRESHOLDS, create_app
 from tokenrelay.client.bench import direct_target, gateway_target, run_phase
@@ -50,6 +51,7 @@ from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
 from tokenrelay.routes.sse import SSEResponse, stream_frames
 from tokenrelay.streams.log import StreamMeta
+from tokenrelay.streams.loop_lag import LoopLag
 from tokenrelay.streams.manager import StreamManager, StreamTimings
 from tokenrelay.streams.producer import RetryPolicy
 from tokenrelay.upstreams.pool import Pool
@@ -430,3 +432,104 @@ async def test_sse_bodies_go_to_the_server_past_the_middleware_chain() -> None:
         health = await client.get("/healthz")
         assert health.status_code == 200
         assert seen == ["http.response.start"] * 2 + ["http.response.body"]
+
+
+# -- the write window -----------------------------------------------------------------
+
+
+async def _writes_of_a_paced_stream(manager: StreamManager, tokens: int) -> list[bytes]:
+    """The body writes of a stream whose tokens are appended one loop turn apart."""
+    log = manager.log
+    stream_id = f"hot-path-window-{time.time_ns()}"
+    await log.create(StreamMeta(stream_id, "hot-path", "req-window", MODEL, "fp", time.time()))
+    await log.append(stream_id, Start(stream_id, "req-window", MODEL))
+    bodies: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    frames = stream_frames(manager, stream_id, -1, TokensDialect(stream_id, 3000))
+    response = asyncio.create_task(SSEResponse(frames, {})({"type": "http"}, receive, send))
+    for n in range(tokens):
+        for _ in range(3):  # the reader's turn to write what arrived
+            await asyncio.sleep(0)
+        await log.append(stream_id, f"t{n} ")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await log.append(stream_id, Done("end_turn", {"output_tokens": tokens}, 0.0))
+    await asyncio.wait_for(response, 10)
+    return bodies
+
+
+async def test_a_loaded_loop_gathers_a_readers_tokens_and_never_holds_the_first_or_last(
+    manager: StreamManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At ease, every token is its own write, the moment it arrives.
+    calm = await _writes_of_a_paced_stream(manager, 10)
+    assert len(calm) == 1 + 10 + 1 + 1  # the start, each token, the done event, the end
+    assert [body.count(b"data: ") for body in calm] == [1] * 12 + [0]
+    # Behind (held there: the monitor stopped), with a window longer than the test may
+    # take: the first token goes at once, the rest gather until the stream ends, whose
+    # end releases them without waiting out the window.
+    manager.loop_lag.stop()
+    manager.loop_lag.behind = True
+    monkeypatch.setattr("tokenrelay.streams.manager.WRITE_WINDOW_S", 60.0)
+    loaded = await _writes_of_a_paced_stream(manager, 10)
+    assert len(loaded) == 1 + 1 + 1 + 1
+    start, first, rest, end = loaded
+    assert start.count(b"data: ") == 1 and b'"stream_id"' in start
+    assert first.count(b"data: ") == 1 and b'{"token":"t0 "}' in first
+    assert rest.count(b"data: ") == 10 and b'"done":true' in rest  # t1..t9 and done
+    assert b"".join(calm).replace(b"\n", b"").count(b'{"token":') == 10
+    tokens_of = [b'{"token":"t%d "}' % n for n in range(10)]
+    assert [t for t in tokens_of if t in first + rest] == tokens_of  # every one, once
+    assert end == b""
+
+
+async def test_the_loop_lag_monitor_tells_a_blocked_loop_from_an_idle_one() -> None:
+    lag = LoopLag(interval=0.01, late_after=0.003)
+    lag.start()
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.05)  # noqa: ASYNC251 -- the loop blocked past a tick's due time
+        await asyncio.sleep(0.02)
+        assert lag.behind is True  # and it stays so for HOLD_TICKS ticks (0.1 s)
+        # On time again for HOLD_TICKS ticks in a row: at ease.
+        await eventually_async(lambda: not lag.behind, what="the loop at ease", within=10)
+    finally:
+        lag.stop()
+    assert lag.behind is False
+
+
+# -- one scan of the routes ----------------------------------------------------------
+
+
+async def test_a_request_is_matched_against_each_route_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The routes sit on the app's own router: a request is compared with each route
+    in one scan. Included routers would be branches, each scanned twice for the
+    request that reaches it."""
+    app = create_app(Settings(provider="simulator", database_url="off"))
+    routes = [route for route in app.router.routes if isinstance(route, fastapi.routing.APIRoute)]
+    # Routes and the static files' mount only: no branch standing for a router.
+    assert all(isinstance(route, Route | Mount) for route in app.router.routes)
+    matched: Counter[str] = Counter()
+    original = fastapi.routing.APIRoute.matches
+
+    def counted(self: fastapi.routing.APIRoute, scope: Any) -> Any:
+        matched[f"{sorted(self.methods)} {self.path}"] += 1
+        return original(self, scope)
+
+    monkeypatch.setattr(fastapi.routing.APIRoute, "matches", counted)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.get("/no/such/route")
+    assert response.status_code == 404
+    # Once to find it, once more as `/no/such/route/` (a slash to redirect to).
+    assert len(matched) == len(routes) and set(matched.values()) == {2}

@@ -5,6 +5,8 @@ log that leaves out the query string (where an EventSource request's prompt is).
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -27,7 +29,7 @@ from tests.support import (
     start,
     unique,
 )
-from tokenrelay.observability.log import JsonLines, line_formatter, log_event
+from tokenrelay.observability.log import JsonLines, LineHandler, line_formatter, log_event
 from tokenrelay.usage import migrate
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -200,3 +202,55 @@ def test_a_log_events_json_line_is_the_one_structlogs_chain_makes() -> None:
     assert (second["stream_id"], second["path"], second["error"]) == ("s-own", "/tmp/a b", "bad")
     assert "RuntimeError: boom" in orjson.loads(lines[3][0])["exception"]
     assert orjson.loads(lines[4][0])["event"] == "a foreign line: 42"
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+async def test_lines_logged_in_one_turn_of_the_loop_are_flushed_once_in_order() -> None:
+    stream = CountingStream()
+    handler = LineHandler(stream)
+    handler.setFormatter(line_formatter("json"))
+    log = logging.getLogger(f"tokenrelay.test.{unique('lines')}")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for n in range(5):
+            log_event(log, "line", n=n)
+        assert stream.flushes == 0  # every line written, none flushed yet
+        assert [orjson.loads(line)["n"] for line in stream.getvalue().splitlines()] == [
+            0, 1, 2, 3, 4,
+        ]  # fmt: skip
+        await asyncio.sleep(0)  # the loop's turn ends
+        assert stream.flushes == 1
+        log_event(log, "line", n=5)
+        await asyncio.sleep(0)
+        assert stream.flushes == 2
+        await asyncio.sleep(0)
+        assert stream.flushes == 2  # nothing more to flush, no flush
+    finally:
+        log.removeHandler(handler)
+
+
+def test_outside_a_running_loop_each_line_is_flushed_at_once() -> None:
+    stream = CountingStream()
+    handler = LineHandler(stream)
+    handler.setFormatter(line_formatter("json"))
+    log = logging.getLogger(f"tokenrelay.test.{unique('lines')}")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log_event(log, "line", n=0)
+        log_event(log, "line", n=1)
+        assert stream.flushes == 2
+    finally:
+        log.removeHandler(handler)

@@ -6,6 +6,11 @@ process never ask Redis for what the process already has.
 
 Per entry this costs a list append and, only when somebody waits, one future set per
 waiting reader: no Event objects, no tasks, no timeout context per token.
+
+A reader may ask to be held (`read(..., hold=s)`): it is not woken by the entries that
+arrive meanwhile, only when the hold is over, or at once by the stream's end (the
+last token is never late) or `wake()`. That is the write window of a loaded process:
+several tokens for one wake-up and one write.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 class Tail:
-    __slots__ = ("_waiters", "entries", "expires_at", "finished", "last_read")
+    __slots__ = ("_held", "_waiters", "entries", "expires_at", "finished", "last_read")
 
     def __init__(self, entries: list[Entry] | None = None) -> None:
         self.entries: list[Entry] = entries or []
@@ -30,6 +35,7 @@ class Tail:
         # When a cached copy of a finished stream must be forgotten (its log expired).
         self.expires_at = float("inf")
         self._waiters: list[asyncio.Future[bool]] = []
+        self._held: list[asyncio.Future[bool]] = []  # woken by the end only
 
     def push(self, entry: Entry) -> None:
         if entry.seq != len(self.entries):
@@ -37,11 +43,15 @@ class Tail:
         self.entries.append(entry)
         if entry.terminal:
             self.finished = True
+            if self._held:
+                self._release()
         if self._waiters:
             self._wake(True)
 
     def wake(self) -> None:
         """End every waiting read now, with whatever there is."""
+        if self._held:
+            self._release()
         if self._waiters:
             self._wake(False)
 
@@ -51,11 +61,30 @@ class Tail:
             if not waiter.done():
                 waiter.set_result(pushed)
 
-    async def read(self, after: int, wait: float) -> list[Entry]:
-        """Entries with `seq > after`; waits up to `wait` for one while the stream is open."""
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for waiter in held:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    async def read(self, after: int, wait: float, hold: float = 0.0) -> list[Entry]:
+        """Entries with `seq > after`; waits up to `wait` for one while the stream is
+        open. `hold` > 0: first lets entries gather that long (unless the stream ends)."""
+        loop = asyncio.get_running_loop()
+        if hold > 0 and not self.finished:
+            held: asyncio.Future[bool] = loop.create_future()
+            self._held.append(held)
+            timer = loop.call_later(hold, _expire, held)
+            try:
+                ended = await held  # True: the stream ended, or `wake()`
+            finally:
+                timer.cancel()
+                if held in self._held:  # the hold ran out, or the read was cancelled
+                    self._held.remove(held)
+            if ended:
+                return self.entries[after + 1 :]
         if len(self.entries) > after + 1 or self.finished:
             return self.entries[after + 1 :]
-        loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(waiter)
         timer = loop.call_later(wait, _expire, waiter)

@@ -115,11 +115,14 @@ class StreamLog(Protocol):
         seen an entry appended after this call sees it in `meta`."""
         ...
 
-    async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
+    async def read(
+        self, stream_id: str, after: int, wait: float, hold: float = 0.0
+    ) -> list[Entry] | None:
         """Every entry with `seq > after`, in order. If there is none yet and the stream
         is open, waits up to `wait` seconds for one and returns [] on time-out (or when
         `wake_readers` is called). None if the stream is unknown or expired, or if it
-        has ended and nothing follows `after`: nothing ever will."""
+        has ended and nothing follows `after`: nothing ever will. `hold` > 0: first
+        lets entries gather for that long, unless the stream ends (a write window)."""
         ...
 
     def wake_readers(self) -> None:

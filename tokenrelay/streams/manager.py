@@ -23,7 +23,7 @@ from tokenrelay.admission.budgets import Budgets, Meter
 from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
 from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import IdempotencyConflict, InvalidRequest, Overloaded, StreamNotFound
-from tokenrelay.events import Done, Start
+from tokenrelay.events import Done, Queued, Start
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.log import log_event
 from tokenrelay.observability.tracing import OFF, StreamTrace, Tracing
@@ -33,6 +33,7 @@ from tokenrelay.streams.cache import CachedAnswer, CachePolicy, ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
+from tokenrelay.streams.loop_lag import LoopLag
 from tokenrelay.streams.producer import (
     ABANDONED,
     CANCELLED,
@@ -53,6 +54,11 @@ Settle = Callable[[int], Coroutine[Any, Any, None]]
 
 # How often a reader tells the cluster it is still there (for abandonment).
 READER_TOUCH_S = 5.0
+# While the event loop is behind, how long a reader lets its tokens gather after a
+# write before the next one (docs/benchmarks.md, "the write window"). At 50 tokens a
+# second that is some 2.5 tokens a write; the first and the last are never held.
+WRITE_WINDOW_S = 0.05
+OPENING = frozenset({Start, Queued})  # what a stream says before its answer
 
 
 def new_stream_id() -> str:
@@ -157,8 +163,10 @@ class StreamManager:
         self.draining = False
         self._readers_closed = False
         self.tracing = tracing
+        self.loop_lag = LoopLag()
 
     async def open(self) -> None:
+        self.loop_lag.start()
         await self.cluster.open(self)
 
     # -- starting and following ---------------------------------------------------
@@ -400,11 +408,12 @@ class StreamManager:
         self._attach(stream_id)
         try:
             # The first read does not wait, so a response starts with what is there.
-            wait = 0.0
+            wait = hold = 0.0
             read = self.log.read
+            lag = self.loop_lag
             touched = 0.0
             while True:
-                entries = await read(stream_id, after, wait)
+                entries = await read(stream_id, after, wait, hold)
                 wait = self._timings.heartbeat_interval
                 if entries is None:  # expired while we were reading
                     return
@@ -414,7 +423,10 @@ class StreamManager:
                     if last.terminal:
                         return
                     after = last.seq
+                    # Not before the first token: only an answer's flow is held.
+                    hold = WRITE_WINDOW_S if lag.behind and type(last.event) not in OPENING else 0.0
                 elif not self._readers_closed:
+                    hold = 0.0
                     yield entries
                 if self._readers_closed:
                     return
@@ -597,6 +609,7 @@ class StreamManager:
         """Stop every producer (their streams end with the retryable `shutdown` error)
         and every task of the manager's, and end the readers still attached."""
         self.draining = True
+        self.loop_lag.stop()
         tasks = [task for _, task in self._producers.values()]
         for stream_id in list(self._producers):
             self._stop(stream_id, SHUTDOWN)

@@ -37,12 +37,14 @@ class MemoryLog:
     async def set_opening(self, stream_id: str, opening: Opening) -> None:
         self._streams[stream_id][0].opening = opening
 
-    async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
+    async def read(
+        self, stream_id: str, after: int, wait: float, hold: float = 0.0
+    ) -> list[Entry] | None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
         tail = stream[1]
-        entries = await tail.read(after, wait)
+        entries = await tail.read(after, wait, hold)
         return entries if entries or not tail.finished else None
 
     def wake_readers(self) -> None:

@@ -317,7 +317,9 @@ class RedisLog:
             rows = cast(Rows, await self._redis.xrange(keys.log_key(stream_id)))
         return [_entry(entry_id, fields) for entry_id, fields in rows]
 
-    async def read(self, stream_id: str, after: int, wait: float) -> list[Entry] | None:
+    async def read(
+        self, stream_id: str, after: int, wait: float, hold: float = 0.0
+    ) -> list[Entry] | None:
         tail = self._tails.get(stream_id)
         if tail is not None and time.monotonic() >= tail.expires_at:
             del self._tails[stream_id]
@@ -333,7 +335,7 @@ class RedisLog:
             if not tail.finished:
                 self._ensure_follower()
         tail.last_read = time.monotonic()
-        found = await tail.read(after, wait)
+        found = await tail.read(after, wait, hold)
         return found if found or not tail.finished else None
 
     def wake_readers(self) -> None:
