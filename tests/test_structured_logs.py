@@ -214,14 +214,19 @@ class CountingStream(io.StringIO):
         super().flush()
 
 
-async def test_lines_logged_in_one_turn_of_the_loop_are_flushed_once_in_order() -> None:
-    stream = CountingStream()
+def _logger_to(stream: io.StringIO) -> tuple[logging.Logger, LineHandler]:
     handler = LineHandler(stream)
     handler.setFormatter(line_formatter("json"))
     log = logging.getLogger(f"tokenrelay.test.{unique('lines')}")
     log.propagate = False
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return log, handler
+
+
+async def test_lines_logged_in_one_turn_of_the_loop_are_flushed_once_in_order() -> None:
+    stream = CountingStream()
+    log, handler = _logger_to(stream)
     try:
         for n in range(5):
             log_event(log, "line", n=n)
@@ -242,12 +247,7 @@ async def test_lines_logged_in_one_turn_of_the_loop_are_flushed_once_in_order() 
 
 def test_outside_a_running_loop_each_line_is_flushed_at_once() -> None:
     stream = CountingStream()
-    handler = LineHandler(stream)
-    handler.setFormatter(line_formatter("json"))
-    log = logging.getLogger(f"tokenrelay.test.{unique('lines')}")
-    log.propagate = False
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log, handler = _logger_to(stream)
     try:
         log_event(log, "line", n=0)
         log_event(log, "line", n=1)
