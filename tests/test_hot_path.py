@@ -494,6 +494,9 @@ async def test_a_loaded_loop_gathers_a_readers_tokens_and_never_holds_the_first_
 async def test_the_loop_lag_monitor_tells_a_blocked_loop_from_an_idle_one() -> None:
     lag = LoopLag(interval=0.01, late_after=0.003)
     lag.start()
+    assert not lag.ticking  # nobody reads: no wake-ups at all
+    lag.watch()
+    assert lag.ticking
     try:
         await asyncio.sleep(0.03)
         time.sleep(0.05)  # noqa: ASYNC251 -- the loop blocked past a tick's due time
@@ -501,9 +504,29 @@ async def test_the_loop_lag_monitor_tells_a_blocked_loop_from_an_idle_one() -> N
         assert lag.behind is True  # and it stays so for HOLD_TICKS ticks (0.1 s)
         # On time again for HOLD_TICKS ticks in a row: at ease.
         await eventually_async(lambda: not lag.behind, what="the loop at ease", within=10)
+        # The last reader gone, the next tick is the last one.
+        lag.unwatch()
+        await eventually_async(lambda: not lag.ticking, what="the ticks stopped", within=10)
     finally:
         lag.stop()
-    assert lag.behind is False
+    assert lag.behind is False and not lag.ticking
+
+
+async def test_an_idle_gateway_schedules_nothing_for_the_loop_lag(manager: StreamManager) -> None:
+    """The lag monitor ticks while a stream is read and stops with the last reader."""
+    assert not manager.loop_lag.ticking
+    stream_id = f"hot-path-idle-{time.time_ns()}"
+    log = manager.log
+    await log.create(StreamMeta(stream_id, "hot-path", "req-idle", MODEL, "fp", time.time()))
+    await log.append(stream_id, Start(stream_id, "req-idle", MODEL))
+    reader = manager.follow(stream_id, -1)
+    assert [e.seq for e in await anext(reader)] == [0]
+    assert manager.loop_lag.ticking
+    await log.append(stream_id, Done("end_turn", {"output_tokens": 0}, 0.0))
+    assert [type(e.event) for e in await anext(reader)] == [Done]
+    with pytest.raises(StopAsyncIteration):
+        await anext(reader)
+    await eventually_async(lambda: not manager.loop_lag.ticking, what="no ticks", within=10)
 
 
 # -- one scan of the routes ----------------------------------------------------------

@@ -7,7 +7,9 @@ at once still waits in the loop's queue, and each one costs its reader a wake-up
 a write; letting a reader's tokens gather for a short window then costs one wake-up
 and one write for several, which is what lets the loop catch up.
 
-A tick every `interval` costs some 50 callbacks a second, whatever the load.
+It ticks only while somebody reads a stream (`watch`/`unwatch`): an idle gateway, or
+one between streams, pays no wake-up for it. While it ticks, a tick every `interval`
+is some 50 callbacks a second, whatever the load.
 """
 
 from __future__ import annotations
@@ -25,28 +27,46 @@ HOLD_TICKS = 10
 
 
 class LoopLag:
-    __slots__ = ("_due", "_handle", "_loop", "_quiet", "behind", "interval", "late_after")
+    __slots__ = (
+        "_due", "_handle", "_loop", "_quiet", "_watchers", "behind", "interval", "late_after",
+    )  # fmt: skip
 
     def __init__(self, interval: float = TICK_S, late_after: float = BEHIND_AFTER_S) -> None:
         self.interval = interval
         self.late_after = late_after
         self.behind = False
         self._quiet = 0  # ticks on time since the last late one
+        self._watchers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
+    @property
+    def ticking(self) -> bool:
+        return self._handle is not None
+
     def start(self) -> None:
-        """Start ticking on the running loop (again after `stop`); idempotent."""
-        if self._handle is None:
-            self._loop = asyncio.get_running_loop()
+        """Measure on the running loop (again after `stop`) while anyone watches."""
+        self._loop = asyncio.get_running_loop()
+        if self._watchers and self._handle is None:
             self._schedule()
 
     def stop(self) -> None:
+        self._loop = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self.behind = False
+
+    def watch(self) -> None:
+        """Somebody relies on `behind` from now on: tick while anyone does."""
+        self._watchers += 1
+        if self._handle is None and self._loop is not None:
+            self._schedule()
+
+    def unwatch(self) -> None:
+        # The last one gone, the next tick is the last.
+        self._watchers -= 1
 
     def _schedule(self) -> None:
         assert self._loop is not None
@@ -55,6 +75,10 @@ class LoopLag:
         self._handle = self._loop.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
+        if not self._watchers:
+            self._handle = None
+            self.behind = False
+            return
         if time.monotonic() - self._due > self.late_after:
             self.behind = True
             self._quiet = 0

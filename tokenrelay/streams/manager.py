@@ -406,11 +406,12 @@ class StreamManager:
         While anyone follows a stream it is not abandoned. Ends early, without the
         terminal entry, when this instance shuts down: the reader resumes elsewhere."""
         self._attach(stream_id)
+        lag = self.loop_lag
+        lag.watch()
         try:
             # The first read does not wait, so a response starts with what is there.
             wait = hold = 0.0
             read = self.log.read
-            lag = self.loop_lag
             touched = 0.0
             while True:
                 entries = await read(stream_id, after, wait, hold)
@@ -435,6 +436,7 @@ class StreamManager:
                     touched = time.monotonic()
                     await self.cluster.reader_alive(stream_id)
         finally:
+            lag.unwatch()
             self._detach(stream_id)
 
     async def cancel(self, stream_id: str, owner: str) -> bool:
