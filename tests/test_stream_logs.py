@@ -7,6 +7,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,14 +114,80 @@ async def test_redis_refuses_a_second_writer_of_the_same_seq(redis: Redis) -> No
     m = meta()
     await first.create(m)
     await first.append(m.stream_id, START)
+    assert [e.seq for e in await first.read(m.stream_id, -1, 0) or []] == [0]  # in Redis
     assert [e.seq for e in await second.adopt(m.stream_id)] == [0]
     await second.append(m.stream_id, Text("new owner"))
+    assert [e.seq for e in await second.read(m.stream_id, -1, 0) or []] == [0, 1]
+    # The old owner's append is queued and refused in Redis; its next append is told,
+    # and a terminal one, which waits for its batch, at once.
+    assert await first.append(m.stream_id, Text("old owner")) == 1
     with pytest.raises(StreamTakenOver):
-        await first.append(m.stream_id, Text("old owner"))
+        await first.append(m.stream_id, Done("end_turn", {"output_tokens": 1}, 0.0))
+    with pytest.raises(StreamTakenOver):
+        await first.append(m.stream_id, Text("later"))
     entries = await second.read(m.stream_id, -1, 0) or []
     assert [e.event for e in entries] == [START, Text("new owner")]
     await first.aclose()
     await second.aclose()
+
+
+async def test_redis_never_writes_a_run_after_a_gap(redis: Redis) -> None:
+    """A batch of a stream that failed leaves a gap; the runs after it are refused,
+    so no reader ever sees a stream with a seq missing."""
+    store = RedisLog(redis.url, 60)
+    m = meta()
+    await store.create(m)
+    await store.append(m.stream_id, START)
+    await store.read(m.stream_id, -1, 0)
+    store._writers[m.stream_id].next_seq = 2  # as if the run with seq 1 had been lost
+    with pytest.raises(StreamTakenOver):
+        await store.append(m.stream_id, Done("end_turn", {"output_tokens": 0}, 0.0))
+    client = store.client
+    assert await client.xlen(f"tr:s:{m.stream_id}:log") == 1
+    assert await client.sismember("tr:running", m.stream_id)  # the terminal did nothing
+    await store.aclose()
+
+
+async def _script_calls(client: Any) -> tuple[int, int]:
+    stats = await client.info("commandstats")
+    return tuple(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "xadd"))
+
+
+async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:
+    """Entries a stream appends while its previous batch is out go in one script
+    call: one command and one reply for the burst, not one XADD each."""
+    store = RedisLog(redis.url, 60)
+    warm = meta()
+    await store.create(warm)  # the first batch loads the script
+    await store.append(warm.stream_id, START)
+    await store.read(warm.stream_id, -1, 0)
+    m = meta()
+    await store.create(m)
+    before = await _script_calls(store.client)
+    for n in range(20):
+        await store.append(m.stream_id, Text(f"t{n} "))
+    await store.append(m.stream_id, Done("end_turn", {"output_tokens": 20}, 0.0))
+    after = await _script_calls(store.client)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 21)
+    entries = await store.read(m.stream_id, -1, 0) or []
+    assert [e.event for e in entries[:-1]] == [Text(f"t{n} ") for n in range(20)]
+    assert [e.seq for e in entries] == list(range(21))
+    assert await store.client.ttl(f"tr:s:{m.stream_id}:log") == 60  # ended: its TTL
+    assert not await store.client.sismember("tr:running", m.stream_id)
+    await store.aclose()
+
+
+async def test_redis_writes_go_on_after_its_scripts_are_flushed(redis: Redis) -> None:
+    store = RedisLog(redis.url, 60)
+    m = meta()
+    await store.create(m)
+    await store.append(m.stream_id, START)
+    await store.read(m.stream_id, -1, 0)
+    await store.client.script_flush()
+    await store.append(m.stream_id, Text("after the flush"))
+    entries = await store.read(m.stream_id, -1, 0) or []
+    assert [e.event for e in entries] == [START, Text("after the flush")]
+    await store.aclose()
 
 
 async def test_a_reader_in_another_process_follows_live_appends(redis: Redis) -> None:

@@ -48,6 +48,20 @@ class Tail:
         if self._waiters:
             self._wake(True)
 
+    def extend(self, entries: list[Entry]) -> None:
+        """`push` each, with one wake-up of the readers for all of them."""
+        added = False
+        for entry in entries:
+            if entry.seq == len(self.entries):
+                self.entries.append(entry)
+                added = True
+                if entry.terminal:
+                    self.finished = True
+                    if self._held:
+                        self._release()
+        if added and self._waiters:
+            self._wake(True)
+
     def wake(self) -> None:
         """End every waiting read now, with whatever there is."""
         if self._held:

@@ -2,12 +2,14 @@
 
 Connections stay bounded whatever the number of clients:
   - writes from every producer in the process go out in one pipeline per batch (a
-    batch is whatever was appended while the previous one was in flight);
+    batch is whatever was appended while the previous one was in flight; a stream's
+    entries in it are one script call, `redis_writes`);
   - readers in this process are served from a `Tail` cache; streams produced by
     another process are followed by one XREAD BLOCK loop over all of them at once;
   - everything else shares one small blocking pool.
-An entry's Redis id is `0-{seq+1}`, so XADD refuses a second writer of a seq: that
-is how a producer learns another instance has taken its stream over.
+An entry's Redis id is `0-{seq+1}`, and a run of entries is added only right after
+the entry before it: that is how a producer learns another instance has taken its
+stream over, and why a producer need not wait for one batch before the next.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -23,23 +24,16 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import StoreUnavailable
-from tokenrelay.events import (
-    TERMINAL_TYPES,
-    TEXT_KIND,
-    Event,
-    Text,
-    event_fields,
-    event_from,
-    kind_of,
-)
+from tokenrelay.events import TERMINAL_TYPES, Event, Text, event_from
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.streams import keys
 from tokenrelay.streams.fanout import Tail
 from tokenrelay.streams.log import Entry, Opening, StreamMeta, StreamTakenOver
+from tokenrelay.streams.redis_writes import Run, WriteBatcher, refused
 
 log = logging.getLogger("tokenrelay.redis")
 
@@ -49,6 +43,8 @@ Rows = list[tuple[bytes, dict[bytes, bytes]]]
 FOLLOW_BLOCK_MS = 200
 # A cached tail nobody has read for this long is dropped (Redis keeps the log).
 TAIL_IDLE_S = 60.0
+# A writer this many entries ahead of Redis waits for its batch (back-pressure).
+MAX_UNCONFIRMED = 256
 
 
 @contextlib.contextmanager
@@ -112,13 +108,6 @@ def _request_from(raw: bytes) -> GenerationRequest:
     return GenerationRequest(**{k: v for k, v in data.items() if k in _REQUEST_FIELDS})
 
 
-def _entry_fields(event: Event) -> tuple[str | bytes, ...]:
-    """An event as the fields of its log entry (the schema is in `keys`)."""
-    if type(event) is Text:
-        return ("k", TEXT_KIND, "t", event)
-    return ("k", kind_of(event), "d", orjson.dumps(event_fields(event)))
-
-
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     kind = fields[b"k"]
     if kind == b"text":
@@ -128,52 +117,14 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     return Entry(keys.seq_of(entry_id), event)
 
 
-class _WriteBatcher:
-    """Commands from every appender in this process, one pipeline per batch."""
+@dataclasses.dataclass(slots=True)
+class _Writer:
+    """A stream this process writes."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._pending: list[tuple[Any, ...]] = []
-        self._done: asyncio.Future[list[Any]] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def enqueue(self, commands: list[tuple[Any, ...]]) -> tuple[asyncio.Future[list[Any]], int]:
-        """Put commands in the next batch; returns the batch's future (every result
-        of the batch, in order) and the index of the first of these commands' results."""
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
-        start, done = len(self._pending), self._done
-        self._pending.extend(commands)
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush())
-        return done, start
-
-    async def submit(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        done, start = self.enqueue(commands)
-        # Shielded: one appender's cancellation must not fail the batch for the others.
-        results = await asyncio.shield(done)
-        return results[start : start + len(commands)]
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, done = self._pending, self._done
-                self._pending, self._done = [], None
-                assert done is not None
-                try:
-                    pipe = self._client.pipeline(transaction=False)
-                    for command in batch:
-                        pipe.execute_command(*command)
-                    done.set_result(await pipe.execute(raise_on_error=False))
-                except BaseException as exc:
-                    done.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-        finally:
-            self._task = None
-
-    async def aclose(self) -> None:
-        await cancel_and_wait(self._task)
+    next_seq: int
+    unconfirmed: int = 0  # appended, not yet confirmed by Redis
+    # Why nothing more can be written: raised by the stream's next append.
+    failure: StreamTakenOver | StoreUnavailable | None = None
 
 
 class RedisLog:
@@ -189,11 +140,9 @@ class RedisLog:
             url, max_connections=4, timeout=5, socket_connect_timeout=2
         )
         self.blocking_client = aioredis.Redis(connection_pool=follow_pool)
-        self._writes = _WriteBatcher(self._redis)
+        self._writes = WriteBatcher(self._redis, self._ttl, self._run_written)
         self._tails: dict[str, Tail] = {}
-        self._next_seq: dict[str, int] = {}  # the streams this process writes
-        # A write whose appender was cancelled while it was out, per stream.
-        self._unconfirmed: dict[str, asyncio.Future[list[Any]]] = {}
+        self._writers: dict[str, _Writer] = {}  # the streams this process writes
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -205,6 +154,10 @@ class RedisLog:
         """Run commands in the next write pipeline, with every other writer's."""
         with store_errors():
             return await self._writes.submit(commands)
+
+    def enqueue(self, commands: list[tuple[Any, ...]]) -> None:
+        """Put commands in the next write pipeline without waiting for it."""
+        self._writes.enqueue(commands)
 
     # -- writing ---------------------------------------------------------------
 
@@ -218,19 +171,22 @@ class RedisLog:
                     ("SADD", keys.RUNNING, sid),
                 ]
             )
-        self._next_seq[sid] = 0
+        self._writers[sid] = _Writer(0)
         self._tails[sid] = Tail()
 
     async def set_opening(self, stream_id: str, opening: Opening) -> None:
         # In the write pipeline, so it reaches Redis before the entries appended after it.
         data = orjson.dumps({"model": opening.model, "usage": opening.usage})
         with store_errors():
-            await self._writes.submit([("HSET", keys.meta_key(stream_id), "opening", data)])
+            done, _ = self._writes.enqueue(
+                [("HSET", keys.meta_key(stream_id), "opening", data)], after_runs_of=stream_id
+            )
+            await asyncio.shield(done)
 
     async def adopt(self, stream_id: str) -> list[Entry]:
         """Take over writing a stream another process started; returns its entries."""
         entries = await self._load(stream_id)
-        self._next_seq[stream_id] = len(entries)
+        self._writers[stream_id] = _Writer(len(entries))
         tail = self._tails.get(stream_id)
         if tail is None:
             self._tails[stream_id] = Tail(entries)
@@ -240,67 +196,57 @@ class RedisLog:
         return entries
 
     async def append(self, stream_id: str, event: Event) -> int:
-        unconfirmed = self._unconfirmed.pop(stream_id, None)
-        if unconfirmed is not None:
-            # The previous append was cancelled while its write was out: ours must not
-            # overtake it, nor follow one that failed.
-            await asyncio.wait([unconfirmed])
-        seq = self._next_seq.get(stream_id)
-        if seq is None:
-            if unconfirmed is not None:
-                raise StoreUnavailable("Stream store write failed", retry_after=1)
+        """Queue the entry for the next batch and go on: only a terminal entry, or a
+        writer too far ahead of Redis, waits for its batch. A refusal or a failure of
+        an earlier batch is raised here, by the stream's next append."""
+        writer = self._writers.get(stream_id)
+        if writer is None:
             raise StreamTakenOver(stream_id)
-        log_key = keys.log_key(stream_id)
-        commands: list[tuple[Any, ...]] = [
-            ("XADD", log_key, keys.entry_id(seq), *_entry_fields(event))
-        ]
-        if type(event) in TERMINAL_TYPES:
-            commands += [
-                ("EXPIRE", log_key, self._ttl),
-                ("EXPIRE", keys.meta_key(stream_id), self._ttl),
-                ("SREM", keys.RUNNING, stream_id),
-                ("DEL", keys.lease_key(stream_id)),
-            ]
-        elif seq == 0:
-            commands.append(("EXPIRE", log_key, keys.RUNNING_TTL_S))
-        self._next_seq[stream_id] = seq + 1
-        done, index = self._writes.enqueue(commands)
-        done.add_done_callback(functools.partial(self._written, stream_id, seq, event, index))
-        try:
+        if writer.failure is not None:
+            raise writer.failure
+        seq = writer.next_seq
+        writer.next_seq = seq + 1
+        writer.unconfirmed += 1
+        terminal = type(event) in TERMINAL_TYPES
+        self._writes.append(stream_id, seq, event, terminal)
+        if terminal or writer.unconfirmed >= MAX_UNCONFIRMED:
             with store_errors():
-                result = (await asyncio.shield(done))[index]
-        except asyncio.CancelledError:
-            self._unconfirmed[stream_id] = done
-            raise
-        if isinstance(result, ResponseError):
-            raise StreamTakenOver(stream_id)
-        if isinstance(result, Exception):
-            raise StoreUnavailable(f"Stream store write failed: {result}") from result
+                # Shielded: a cancelled appender's entry is still written, in order.
+                await asyncio.shield(self._writes.batch_of_runs())
+            if writer.failure is not None:
+                raise writer.failure
         return seq
 
-    def _written(
-        self, stream_id: str, seq: int, event: Event, index: int, done: asyncio.Future[list[Any]]
-    ) -> None:
-        """When an append's batch is through, whether or not the appender still waits:
-        a cancelled producer's last delta is in Redis, so readers here must get it."""
-        failed = done.cancelled() or done.exception() is not None
-        if failed or isinstance(done.result()[index], Exception):
-            self._next_seq.pop(stream_id, None)  # nothing after it can be written
+    def _run_written(self, run: Run, result: Any) -> None:
+        """A stream's run is through (or not), whether or not its writer waits: the
+        entries are in Redis, so readers here get them."""
+        sid = run.stream_id
+        writer = self._writers.get(sid)
+        if isinstance(result, BaseException):
+            if writer is not None and writer.failure is None:
+                writer.failure = (
+                    StreamTakenOver(sid)
+                    if refused(result)
+                    else StoreUnavailable(
+                        f"Stream store write failed: {type(result).__name__}", retry_after=1
+                    )
+                )
             return
-        terminal = type(event) in TERMINAL_TYPES
-        if terminal:
-            self._next_seq.pop(stream_id, None)
-        tail = self._tails.get(stream_id)
+        if writer is not None:
+            writer.unconfirmed -= len(run.events)
+            if run.terminal:
+                del self._writers[sid]
+        tail = self._tails.get(sid)
         if tail is not None:
-            tail.push(Entry(seq, event))
-            if terminal:
+            tail.extend([Entry(run.first + i, event) for i, event in enumerate(run.events)])
+            if run.terminal:
                 tail.expires_at = time.monotonic() + self._ttl
 
     def release(self, stream_id: str) -> None:
         """This process stops writing the stream (handed over, taken over, or it lost
         the store): readers here now follow it in Redis, where its next writer writes."""
-        self._next_seq.pop(stream_id, None)
-        self._unconfirmed.pop(stream_id, None)
+        self._writers.pop(stream_id, None)
+        self._writes.drop_runs(stream_id)  # what it appended and was not sent yet
         tail = self._tails.get(stream_id)
         if tail is not None and not tail.finished:
             self._ensure_follower()
@@ -334,6 +280,12 @@ class RedisLog:
             tail = self._tails.setdefault(stream_id, Tail(entries))
             if not tail.finished:
                 self._ensure_follower()
+        writer = self._writers.get(stream_id)
+        if writer is not None and writer.unconfirmed:
+            # What was appended before this read is in it: wait for Redis to have it.
+            batch = self._writes.last_batch()
+            if batch is not None:
+                await asyncio.wait([batch])
         tail.last_read = time.monotonic()
         found = await tail.read(after, wait, hold)
         return found if found or not tail.finished else None
@@ -352,13 +304,13 @@ class RedisLog:
             now = time.monotonic()
             for sid, tail in list(self._tails.items()):
                 if (
-                    tail.finished or sid not in self._next_seq
+                    tail.finished or sid not in self._writers
                 ) and now - tail.last_read > TAIL_IDLE_S:
                     del self._tails[sid]
             remote: dict[Any, Any] = {
                 keys.log_key(sid): keys.entry_id(len(tail.entries) - 1)
                 for sid, tail in self._tails.items()
-                if not tail.finished and sid not in self._next_seq
+                if not tail.finished and sid not in self._writers
             }
             if not remote:
                 if not self._tails:

@@ -57,7 +57,10 @@ class RedisCluster:
         ]
 
     async def claim(self, stream_id: str) -> None:
-        await self._acquire(stream_id)
+        # In the write pipeline, ahead of the new stream's meta: its `create` waits for
+        # both in one round trip. (A new id has no lease to lose to.)
+        lease = keys.lease_key(stream_id)
+        self._store.enqueue([("SET", lease, self._instance, "NX", "PX", self._lease_ms)])
 
     def producer_ended(self, stream_id: str) -> None:
         self._store.release(stream_id)
