@@ -27,7 +27,7 @@ from tokenrelay.events import (
     ToolUseStart,
 )
 from tokenrelay.providers.base import GenerationRequest
-from tokenrelay.streams.log import StreamLog, StreamMeta, StreamTakenOver
+from tokenrelay.streams.log import Opening, StreamLog, StreamMeta, StreamTakenOver
 from tokenrelay.streams.memory import MemoryLog
 from tokenrelay.streams.redis import RedisLog
 
@@ -109,6 +109,20 @@ async def test_an_idempotency_key_binds_once_per_owner(log: StreamLog) -> None:
     assert await log.claim_idempotency_key("bob", key, "s3", "fp3") == ("s3", "fp3")
 
 
+async def test_a_reader_that_saw_an_entry_after_the_opening_sees_the_opening(
+    log: StreamLog,
+) -> None:
+    m = meta()
+    await log.create(m)
+    await log.append(m.stream_id, START)
+    await log.set_opening(m.stream_id, Opening("claude-haiku-4-5", {"input_tokens": 7}))
+    await log.append(m.stream_id, Text("after it"))
+    entries = await log.read(m.stream_id, 0, 5) or []
+    assert [e.event for e in entries] == [Text("after it")]
+    stored = await log.meta(m.stream_id)
+    assert stored is not None and stored.opening == Opening("claude-haiku-4-5", {"input_tokens": 7})
+
+
 async def test_redis_refuses_a_second_writer_of_the_same_seq(redis: Redis) -> None:
     first, second = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
     m = meta()
@@ -164,6 +178,7 @@ async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:
     m = meta()
     await store.create(m)
     before = await _script_calls(store.client)
+    await store.set_opening(m.stream_id, Opening("claude-haiku-4-5", {"input_tokens": 3}))
     for n in range(20):
         await store.append(m.stream_id, Text(f"t{n} "))
     await store.append(m.stream_id, Done("end_turn", {"output_tokens": 20}, 0.0))
@@ -172,6 +187,8 @@ async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:
     entries = await store.read(m.stream_id, -1, 0) or []
     assert [e.event for e in entries[:-1]] == [Text(f"t{n} ") for n in range(20)]
     assert [e.seq for e in entries] == list(range(21))
+    stored = await store.meta(m.stream_id)
+    assert stored is not None and stored.opening == Opening("claude-haiku-4-5", {"input_tokens": 3})
     assert await store.client.ttl(f"tr:s:{m.stream_id}:log") == 60  # ended: its TTL
     assert not await store.client.sismember("tr:running", m.stream_id)
     await store.aclose()

@@ -175,13 +175,10 @@ class RedisLog:
         self._tails[sid] = Tail()
 
     async def set_opening(self, stream_id: str, opening: Opening) -> None:
-        # In the write pipeline, so it reaches Redis before the entries appended after it.
+        # With the entries appended after it, in one script call: no wait of its own.
+        writer = self._writable(stream_id)
         data = orjson.dumps({"model": opening.model, "usage": opening.usage})
-        with store_errors():
-            done, _ = self._writes.enqueue(
-                [("HSET", keys.meta_key(stream_id), "opening", data)], after_runs_of=stream_id
-            )
-            await asyncio.shield(done)
+        self._writes.open_run(stream_id, writer.next_seq, data)
 
     async def adopt(self, stream_id: str) -> list[Entry]:
         """Take over writing a stream another process started; returns its entries."""
@@ -199,11 +196,7 @@ class RedisLog:
         """Queue the entry for the next batch and go on: only a terminal entry, or a
         writer too far ahead of Redis, waits for its batch. A refusal or a failure of
         an earlier batch is raised here, by the stream's next append."""
-        writer = self._writers.get(stream_id)
-        if writer is None:
-            raise StreamTakenOver(stream_id)
-        if writer.failure is not None:
-            raise writer.failure
+        writer = self._writable(stream_id)
         seq = writer.next_seq
         writer.next_seq = seq + 1
         writer.unconfirmed += 1
@@ -216,6 +209,14 @@ class RedisLog:
             if writer.failure is not None:
                 raise writer.failure
         return seq
+
+    def _writable(self, stream_id: str) -> _Writer:
+        writer = self._writers.get(stream_id)
+        if writer is None:
+            raise StreamTakenOver(stream_id)
+        if writer.failure is not None:
+            raise writer.failure
+        return writer
 
     def _run_written(self, run: Run, result: Any) -> None:
         """A stream's run is through (or not), whether or not its writer waits: the

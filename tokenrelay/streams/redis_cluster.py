@@ -66,7 +66,9 @@ class RedisCluster:
         self._store.release(stream_id)
 
     async def reader_alive(self, stream_id: str) -> None:
-        await self._store.submit(
+        # Not waited for: a reader's next read is not held up by a hint (a lost one is
+        # sent again in READER_TOUCH_S).
+        self._store.enqueue(
             [("SET", keys.reader_key(stream_id), repr(time.time()), "EX", keys.RUNNING_TTL_S)]
         )
 

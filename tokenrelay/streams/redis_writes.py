@@ -29,7 +29,8 @@ from tokenrelay.streams import keys
 
 # KEYS: the stream's log, meta and lease; the set of running streams.
 # ARGV: the stream's id, the first entry's seq + 1 (its id is 0-that), the log's TTL
-# once the run ends the stream (0: it does not), then kind, field, value per entry.
+# once the run ends the stream (0: it does not), the stream's opening to keep in its
+# meta first ("": none), then kind, field, value per entry.
 APPEND_SCRIPT = f"""
 local log = KEYS[1]
 local first = tonumber(ARGV[2])
@@ -39,9 +40,12 @@ if first > 1 then
     return redis.error_reply('NOTNEXT the log does not end just before this run')
   end
 end
-local n = (#ARGV - 3) / 3
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], 'opening', ARGV[4])
+end
+local n = (#ARGV - 4) / 3
 for i = 0, n - 1 do
-  local at = 4 + 3 * i
+  local at = 5 + 3 * i
   redis.call('XADD', log, '0-' .. (first + i), 'k', ARGV[at], ARGV[at + 1], ARGV[at + 2])
 end
 local ttl = tonumber(ARGV[3])
@@ -71,6 +75,7 @@ class Run:
     first: int  # the seq of the first entry
     events: list[Event]
     terminal: bool = False
+    opening: bytes = b""  # kept in the stream's meta before the entries
     dropped: bool = False  # its writer let go of the stream before it was sent
 
     def call(self, sha: str, ttl: int) -> tuple[Any, ...]:
@@ -78,7 +83,7 @@ class Run:
         args: list[Any] = [
             "EVALSHA", sha, 4,
             keys.log_key(sid), keys.meta_key(sid), keys.lease_key(sid), keys.RUNNING,
-            sid, self.first + 1, ttl if self.terminal else 0,
+            sid, self.first + 1, ttl if self.terminal else 0, self.opening,
         ]  # fmt: skip
         for event in self.events:
             if type(event) is Text:
@@ -143,6 +148,13 @@ class WriteBatcher:
             run.events.append(event)
         run.terminal = terminal
         return run
+
+    def open_run(self, stream_id: str, seq: int, opening: bytes) -> None:
+        """Start the stream's next run (`seq` is its first entry's) with the stream's
+        opening: kept in its meta in the same script call, before those entries."""
+        self._batch()
+        run = self._runs[stream_id] = Run(stream_id, seq, [], opening=opening)
+        self._pending.append(run)
 
     def drop_runs(self, stream_id: str) -> None:
         """The stream's entries not sent yet are not to be sent (its writer let go)."""
