@@ -1,5 +1,6 @@
 """The Redis store goes down under a running gateway: every route that needs the store
-answers 503 with Retry-After in Claude's error shape (never a 500, never a hung or cut
+(all but a stream this instance has just written, from its cache) answers 503 with
+Retry-After in Claude's error shape (never a 500, never a hung or cut
 connection), liveness stays 200, and once Redis is back the gateway serves again."""
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ async def test_every_route_answers_503_while_the_store_is_down_then_serves_again
             "GET /api/stream-response?ticket=": request(
                 "GET", "/api/stream-response", params={"prompt": prompt, "ticket": ticket}
             ),
-            "GET /api/streams/{id}": request("GET", f"/api/streams/{stream_id}", headers=gw.auth),
+            # A stream this instance did not write, or not lately: only Redis has it.
+            "GET /api/streams/{id}": request(
+                "GET", "/api/streams/sm0zBZ0qcxDo3TfKUbsBXPwYgm9bXWZo", headers=gw.auth
+            ),
             "DELETE /api/streams/{id}": request(
                 "DELETE", f"/api/streams/{stream_id}", headers=gw.auth
             ),
@@ -126,6 +130,10 @@ async def test_every_route_answers_503_while_the_store_is_down_then_serves_again
             "GET /readyz": (503, None, "application/json", {"status": "store unreachable"}),
             "GET /healthz": (200, None, "application/json", {"status": "ok"}),
         }
+        # The stream this instance wrote and finished a moment ago is still in its
+        # cache (for FINISHED_TAIL_S): served whole, the store down or not.
+        cached = await read_stream(client, "GET", f"/api/streams/{stream_id}", headers=gw.auth)
+        assert [e.data for e in cached.events] == [e.data for e in before.events]
 
         gw.redis.start()
         eventually(

@@ -162,9 +162,43 @@ async def test_redis_never_writes_a_run_after_a_gap(redis: Redis) -> None:
     await store.aclose()
 
 
-async def _script_calls(client: Any) -> tuple[int, int]:
+async def _calls(client: Any, *names: str) -> tuple[int, ...]:
     stats = await client.info("commandstats")
-    return tuple(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "xadd"))
+    return tuple(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+
+async def _script_calls(client: Any) -> tuple[int, ...]:
+    return await _calls(client, "evalsha", "xadd")
+
+
+async def test_the_meta_of_a_stream_written_here_is_read_without_a_round_trip(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tokenrelay.streams.redis.FINISHED_TAIL_S", 0.05)
+    writer, elsewhere = RedisLog(redis.url, 60), RedisLog(redis.url, 60)
+    m = meta()
+    await writer.create(m)
+    await writer.append(m.stream_id, START)
+    await writer.set_opening(m.stream_id, Opening("claude-haiku-4-5", {"input_tokens": 2}))
+    before = await _calls(writer.client, "hgetall")
+    here = await writer.meta(m.stream_id)
+    assert await _calls(writer.client, "hgetall") == before
+    there = await elsewhere.meta(m.stream_id)
+    assert await _calls(writer.client, "hgetall") == (before[0] + 1,)
+    assert (
+        here
+        == there
+        == dataclasses.replace(m, opening=Opening("claude-haiku-4-5", {"input_tokens": 2}))
+    )
+    # Ended, its cached tail and meta are let go after FINISHED_TAIL_S; Redis has them.
+    await writer.append(m.stream_id, Done("end_turn", {"output_tokens": 0}, 0.0))
+    await asyncio.sleep(0.2)
+    assert m.stream_id not in writer._tails and m.stream_id not in writer._metas
+    entries = await writer.read(m.stream_id, -1, 0) or []
+    assert [type(e.event) for e in entries] == [Start, Done]
+    assert await writer.meta(m.stream_id) == there
+    await writer.aclose()
+    await elsewhere.aclose()
 
 
 async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:

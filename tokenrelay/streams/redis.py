@@ -43,6 +43,9 @@ Rows = list[tuple[bytes, dict[bytes, bytes]]]
 FOLLOW_BLOCK_MS = 200
 # A cached tail nobody has read for this long is dropped (Redis keeps the log).
 TAIL_IDLE_S = 60.0
+# A finished stream this process wrote stays cached this long for late readers here;
+# after that they read it from Redis, where it is kept for the stream TTL.
+FINISHED_TAIL_S = 60.0
 # A writer this many entries ahead of Redis waits for its batch (back-pressure).
 MAX_UNCONFIRMED = 256
 
@@ -143,6 +146,9 @@ class RedisLog:
         self._writes = WriteBatcher(self._redis, self._ttl, self._run_written)
         self._tails: dict[str, Tail] = {}
         self._writers: dict[str, _Writer] = {}  # the streams this process writes
+        # The meta of the streams this process created, while it caches their tails:
+        # nobody else changes it, so a reader here needs no round trip for it.
+        self._metas: dict[str, StreamMeta] = {}
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -173,12 +179,16 @@ class RedisLog:
             )
         self._writers[sid] = _Writer(0)
         self._tails[sid] = Tail()
+        self._metas[sid] = meta
 
     async def set_opening(self, stream_id: str, opening: Opening) -> None:
         # With the entries appended after it, in one script call: no wait of its own.
         writer = self._writable(stream_id)
         data = orjson.dumps({"model": opening.model, "usage": opening.usage})
         self._writes.open_run(stream_id, writer.next_seq, data)
+        known = self._metas.get(stream_id)
+        if known is not None:
+            self._metas[stream_id] = dataclasses.replace(known, opening=opening)
 
     async def adopt(self, stream_id: str) -> list[Entry]:
         """Take over writing a stream another process started; returns its entries."""
@@ -242,6 +252,14 @@ class RedisLog:
             tail.extend([Entry(run.first + i, event) for i, event in enumerate(run.events)])
             if run.terminal:
                 tail.expires_at = time.monotonic() + self._ttl
+                loop = asyncio.get_running_loop()
+                loop.call_later(min(FINISHED_TAIL_S, self._ttl), self._forget_finished, sid)
+
+    def _forget_finished(self, stream_id: str) -> None:
+        tail = self._tails.get(stream_id)
+        if tail is not None and tail.finished:
+            del self._tails[stream_id]
+            self._metas.pop(stream_id, None)
 
     def release(self, stream_id: str) -> None:
         """This process stops writing the stream (handed over, taken over, or it lost
@@ -249,12 +267,18 @@ class RedisLog:
         self._writers.pop(stream_id, None)
         self._writes.drop_runs(stream_id)  # what it appended and was not sent yet
         tail = self._tails.get(stream_id)
-        if tail is not None and not tail.finished:
-            self._ensure_follower()
+        if tail is None or not tail.finished:
+            self._metas.pop(stream_id, None)  # its next writer may change it
+            if tail is not None:
+                self._ensure_follower()
 
     # -- reading ---------------------------------------------------------------
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
+        known = self._metas.get(stream_id)
+        tail = self._tails.get(stream_id)
+        if known is not None and tail is not None and time.monotonic() < tail.expires_at:
+            return known
         with store_errors():
             fields = cast(dict[bytes, bytes], await self._redis.hgetall(keys.meta_key(stream_id)))
         return _meta_from(stream_id, fields) if fields else None
@@ -270,6 +294,7 @@ class RedisLog:
         tail = self._tails.get(stream_id)
         if tail is not None and time.monotonic() >= tail.expires_at:
             del self._tails[stream_id]
+            self._metas.pop(stream_id, None)
             tail = None
         if tail is None:
             entries = await self._load(stream_id)
@@ -308,6 +333,7 @@ class RedisLog:
                     tail.finished or sid not in self._writers
                 ) and now - tail.last_read > TAIL_IDLE_S:
                     del self._tails[sid]
+                    self._metas.pop(sid, None)
             remote: dict[Any, Any] = {
                 keys.log_key(sid): keys.entry_id(len(tail.entries) - 1)
                 for sid, tail in self._tails.items()
