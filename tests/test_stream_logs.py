@@ -211,6 +211,7 @@ async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:
     await store.read(warm.stream_id, -1, 0)
     m = meta()
     await store.create(m)
+    await store.append(m.stream_id, START)  # the first entry waits: it confirms the create
     before = await _script_calls(store.client)
     await store.set_opening(m.stream_id, Opening("claude-haiku-4-5", {"input_tokens": 3}))
     for n in range(20):
@@ -219,8 +220,10 @@ async def test_a_burst_of_appends_is_one_command_to_redis(redis: Redis) -> None:
     after = await _script_calls(store.client)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 21)
     entries = await store.read(m.stream_id, -1, 0) or []
-    assert [e.event for e in entries[:-1]] == [Text(f"t{n} ") for n in range(20)]
-    assert [e.seq for e in entries] == list(range(21))
+    assert [e.event for e in entries[1:-1]] == [Text(f"t{n} ") for n in range(20)]
+    assert [e.seq for e in entries] == list(range(22))
+    assert await store.client.ttl(f"tr:s:{m.stream_id}:log") == 60  # ended: its TTL
+    assert not await store.client.sismember("tr:running", m.stream_id)
     stored = await store.meta(m.stream_id)
     assert stored is not None and stored.opening == Opening("claude-haiku-4-5", {"input_tokens": 3})
     assert await store.client.ttl(f"tr:s:{m.stream_id}:log") == 60  # ended: its TTL
@@ -264,12 +267,18 @@ async def test_unreachable_redis_is_a_clear_503_not_a_crash(tmp_path: Path) -> N
         assert await store.ping() is True
         server.stop()
         assert await store.ping() is False
+        down = meta()
+        await store.create(down)  # written with the first entry, which waits for both
         with pytest.raises(StoreUnavailable) as info:
-            await store.create(meta())
+            await store.append(down.stream_id, START)
         assert info.value.status == 503 and info.value.error_type == "overloaded_error"
         server.start()
         assert await store.ping() is True
-        await store.create(meta())
+        up = meta()
+        await store.create(up)
+        assert await store.append(up.stream_id, START) == 0
+        assert [e.event for e in await store.read(up.stream_id, -1, 0) or []] == [START]
+        assert await store.client.exists(f"tr:s:{up.stream_id}:meta") == 1
         await store.aclose()
 
 

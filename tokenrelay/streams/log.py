@@ -98,7 +98,8 @@ class StreamMeta:
 
 class StreamLog(Protocol):
     async def create(self, meta: StreamMeta) -> None:
-        """Register a new, empty stream."""
+        """Register a new, empty stream. A store may write it with the stream's first
+        append, which then raises what writing it would have."""
         ...
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
@@ -107,7 +108,11 @@ class StreamLog(Protocol):
 
     async def append(self, stream_id: str, event: Event) -> int:
         """Append one event and wake every waiting reader; returns its seq.
-        A terminal event closes the stream and starts its `stream_ttl`."""
+        A terminal event closes the stream and starts its `stream_ttl`.
+        A store may write it after returning, with the entries appended after it (a
+        read that starts after this call sees it): a refusal or a failure is then
+        raised by a later append of the stream, the terminal one at the latest, which
+        waits for every entry before it."""
         ...
 
     async def set_opening(self, stream_id: str, opening: Opening) -> None:

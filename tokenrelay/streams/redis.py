@@ -168,15 +168,15 @@ class RedisLog:
     # -- writing ---------------------------------------------------------------
 
     async def create(self, meta: StreamMeta) -> None:
+        # Not waited for: the stream's first append waits for both, in one round trip.
         sid = meta.stream_id
-        with store_errors():
-            await self._writes.submit(
-                [
-                    ("HSET", keys.meta_key(sid), *_flatten(_meta_fields(meta))),
-                    ("EXPIRE", keys.meta_key(sid), keys.RUNNING_TTL_S),
-                    ("SADD", keys.RUNNING, sid),
-                ]
-            )
+        self._writes.enqueue(
+            [
+                ("HSET", keys.meta_key(sid), *_flatten(_meta_fields(meta))),
+                ("EXPIRE", keys.meta_key(sid), keys.RUNNING_TTL_S),
+                ("SADD", keys.RUNNING, sid),
+            ]
+        )
         self._writers[sid] = _Writer(0)
         self._tails[sid] = Tail()
         self._metas[sid] = meta
@@ -203,16 +203,17 @@ class RedisLog:
         return entries
 
     async def append(self, stream_id: str, event: Event) -> int:
-        """Queue the entry for the next batch and go on: only a terminal entry, or a
-        writer too far ahead of Redis, waits for its batch. A refusal or a failure of
-        an earlier batch is raised here, by the stream's next append."""
+        """Queue the entry for the next batch and go on: only the first entry (it
+        confirms the stream's creation: a store that is down is the request's error),
+        a terminal one, or a writer too far ahead of Redis waits for its batch. A
+        refusal or a failure of an earlier batch is raised here, by the next append."""
         writer = self._writable(stream_id)
         seq = writer.next_seq
         writer.next_seq = seq + 1
         writer.unconfirmed += 1
         terminal = type(event) in TERMINAL_TYPES
         self._writes.append(stream_id, seq, event, terminal)
-        if terminal or writer.unconfirmed >= MAX_UNCONFIRMED:
+        if terminal or not seq or writer.unconfirmed >= MAX_UNCONFIRMED:
             with store_errors():
                 # Shielded: a cancelled appender's entry is still written, in order.
                 await asyncio.shield(self._writes.batch_of_runs())
