@@ -27,6 +27,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.routing import Mount, Route
 from starlette.types import Message
 
@@ -95,6 +96,32 @@ async def read_all(
         if sink is not None:
             sink.append(chunk)
     return sent
+
+
+# -- metric children looked up once -------------------------------------------------
+
+
+async def test_a_stream_looks_up_no_metric_child_once_its_labels_were_seen(
+    manager: StreamManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client validates label values and locks on every `.labels()`: a
+    stream whose route and model were seen before makes no such call at all."""
+    warm = await start(manager, "Metrics warm. [[sim:tokens=3]]")
+    await read_all(manager, warm, TokensDialect(warm, 3000))
+    await eventually_async(lambda: manager.active_streams == 0, what="the stream's end", within=10)
+    calls: list[tuple[str, ...]] = []
+    real = MetricWrapperBase.labels
+
+    def counting(self: MetricWrapperBase, *values: str) -> Any:
+        calls.append(values)
+        return real(self, *values)
+
+    monkeypatch.setattr(MetricWrapperBase, "labels", counting)
+    again = await start(manager, "Metrics again. [[sim:tokens=3]]")
+    sent = await read_all(manager, again, TokensDialect(again, 3000))
+    await eventually_async(lambda: manager.active_streams == 0, what="the stream's end", within=10)
+    assert sent > 0
+    assert calls == []
 
 
 # -- one encoding per entry per dialect ---------------------------------------------
