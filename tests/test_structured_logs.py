@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -254,3 +255,42 @@ def test_outside_a_running_loop_each_line_is_flushed_at_once() -> None:
         assert stream.flushes == 2
     finally:
         log.removeHandler(handler)
+
+
+def test_with_the_line_handler_alone_a_log_event_makes_its_line_without_a_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one handler of a serving gateway gets a `log_event`'s line directly; a second
+    handler anywhere (a test's caplog, a library's) gets records again, and the line
+    is the same either way."""
+    stream = CountingStream()
+    only = LineHandler(stream)
+    only.setFormatter(line_formatter("json"))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [only])
+    made: list[str] = []
+    real = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(args[0])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+    logger = logging.getLogger(f"tokenrelay.test.{unique('direct')}")
+    logger.setLevel(logging.INFO)
+    clear_contextvars()
+    bind_contextvars(request_id="req-direct")
+    try:
+        log_event(logger, "direct_line", n=1, missing=None)
+        assert made == []
+        other = logging.NullHandler()
+        monkeypatch.setattr(logging.getLogger(), "handlers", [only, other])
+        log_event(logger, "direct_line", n=1, missing=None)
+        assert made == [logger.name]
+    finally:
+        clear_contextvars()
+    first, second = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert ISO_UTC.match(first.pop("timestamp")) and ISO_UTC.match(second.pop("timestamp"))
+    assert list(first.items()) == list(second.items()) == [
+        ("event", "direct_line"), ("n", 1), ("request_id", "req-direct"), ("level", "info"),
+        ("logger", logger.name),
+    ]  # fmt: skip

@@ -46,6 +46,10 @@ def log_event(
 ) -> None:
     """Log `event` with its fields as keys of the line (a None field is left out)."""
     if logger.isEnabledFor(level):
+        handler = None if exc_info else _only_line_handler(logger, level)
+        if handler is not None:
+            handler.write_line(json_line(event, fields, logging.getLevelName(level), logger.name))
+            return
         # Made here rather than by `logger.log`, which walks the stack for the caller's
         # file and line: no line shows them.
         record = logger.makeRecord(
@@ -53,6 +57,31 @@ def log_event(
             extra={"event": event, FIELDS: fields},
         )  # fmt: skip
         logger.handle(record)
+
+
+def _only_line_handler(logger: logging.Logger, level: int) -> LineHandler | None:
+    """The `LineHandler` making JSON lines, when it is the one place a record of
+    `logger` at `level` would go, with no filter on the way: then the line can be
+    written without a `LogRecord` and the handler chain around it (a third of a
+    line's cost). Anything else (a test's caplog, another handler) gets records."""
+    if logger.filters or logger.disabled:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None and node.parent is not None:
+        if node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    if node is None or len(node.handlers) != 1:
+        return None
+    handler = node.handlers[0]
+    if (
+        type(handler) is LineHandler
+        and type(handler.formatter) is JsonLines
+        and not handler.filters
+        and level >= handler.level
+    ):
+        return handler
+    return None
 
 
 def default_format(stream: TextIO) -> LogFormat:
@@ -113,6 +142,15 @@ class LineHandler(logging.StreamHandler[TextIO]):
             self._flush_due = True
             loop.call_soon(self._flush_now)
 
+    def write_line(self, line: str) -> None:
+        """What `emit` does with a record's formatted line."""
+        with self.lock or contextlib.nullcontext():
+            try:
+                self.stream.write(line + self.terminator)
+                self.flush()
+            except Exception:  # as `emit` does: a log line must not fail the caller
+                self.handleError(logging.makeLogRecord({"msg": line}))
+
     def _flush_now(self) -> None:
         with self.lock or contextlib.nullcontext():
             self._flush_due = False
@@ -150,17 +188,22 @@ class JsonLines(logging.Formatter):
         fields = getattr(record, FIELDS, None)
         if fields is None or record.exc_info or record.stack_info:
             return self.chain.format(record)
-        line: dict[str, Any] = {"event": record.getMessage()}
-        for key, value in fields.items():
-            if value is not None:
-                line[key] = value
-        for key, value in get_contextvars().items():
-            line.setdefault(key, value)
-        line["level"] = record.levelname.lower()
-        line["logger"] = record.name
-        # orjson writes a datetime as TimeStamper(fmt="iso", utc=True) does, in C.
-        line["timestamp"] = datetime.now(tz=UTC)
-        return orjson.dumps(line, default=str, option=LINE_OPTIONS).decode()
+        return json_line(record.getMessage(), fields, record.levelname, record.name)
+
+
+def json_line(event: str, fields: dict[str, Any], level_name: str, logger_name: str) -> str:
+    """A `log_event`'s JSON line: the keys in the order structlog's chain puts them."""
+    line: dict[str, Any] = {"event": event}
+    for key, value in fields.items():
+        if value is not None:
+            line[key] = value
+    for key, value in get_contextvars().items():
+        line.setdefault(key, value)
+    line["level"] = level_name.lower()
+    line["logger"] = logger_name
+    # orjson writes a datetime as TimeStamper(fmt="iso", utc=True) does, in C.
+    line["timestamp"] = datetime.now(tz=UTC)
+    return orjson.dumps(line, default=str, option=LINE_OPTIONS).decode()
 
 
 def _event_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
