@@ -443,8 +443,8 @@ class StreamManager:
         """Stop the stream's generation now, wherever it runs; its log ends with a
         `cancelled` error. False when the stream had already ended."""
         await self.lookup(stream_id, owner)
-        if self._stop(stream_id, CANCELLED):
-            return True
+        if stream_id in self._producers:
+            return self._stop(stream_id, CANCELLED)
         return await self.cluster.cancel_elsewhere(stream_id)
 
     def _stop(self, stream_id: str, reason: StopReason) -> bool:
@@ -452,6 +452,9 @@ class StreamManager:
         if running is None:
             return False
         producer, task = running
+        if producer.finished:
+            # Its end is written or being written (a reader may have it already).
+            return False
         producer.stop_reason = reason
         return task.cancel()
 
