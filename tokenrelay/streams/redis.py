@@ -216,9 +216,7 @@ class RedisLog:
         if terminal or not seq or writer.unconfirmed >= MAX_UNCONFIRMED:
             with store_errors():
                 # Shielded: a cancelled appender's entry is still written, in order.
-                batch = self._writes.last_batch()
-                assert batch is not None  # the one this entry is in
-                await asyncio.shield(batch)
+                await asyncio.shield(self._writes.batch_of_runs())
             if writer.failure is not None:
                 raise writer.failure
         return seq
