@@ -38,29 +38,26 @@ class Tail:
         self._held: list[asyncio.Future[bool]] = []  # woken by the end only
 
     def push(self, entry: Entry) -> None:
-        if entry.seq != len(self.entries):
-            return  # already seen (a replay overlapping a live push)
-        self.entries.append(entry)
-        if entry.terminal:
-            self.finished = True
-            if self._held:
-                self._release()
-        if self._waiters:
+        if self._add(entry) and self._waiters:
             self._wake(True)
 
     def extend(self, entries: list[Entry]) -> None:
         """`push` each, with one wake-up of the readers for all of them."""
         added = False
         for entry in entries:
-            if entry.seq == len(self.entries):
-                self.entries.append(entry)
-                added = True
-                if entry.terminal:
-                    self.finished = True
-                    if self._held:
-                        self._release()
+            added = self._add(entry) or added
         if added and self._waiters:
             self._wake(True)
+
+    def _add(self, entry: Entry) -> bool:
+        if entry.seq != len(self.entries):
+            return False  # already seen (a replay overlapping a live push)
+        self.entries.append(entry)
+        if entry.terminal:
+            self.finished = True
+            if self._held:
+                self._release()
+        return True
 
     def wake(self) -> None:
         """End every waiting read now, with whatever there is."""

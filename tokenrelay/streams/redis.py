@@ -216,7 +216,9 @@ class RedisLog:
         if terminal or not seq or writer.unconfirmed >= MAX_UNCONFIRMED:
             with store_errors():
                 # Shielded: a cancelled appender's entry is still written, in order.
-                await asyncio.shield(self._writes.batch_of_runs())
+                batch = self._writes.last_batch()
+                assert batch is not None  # the one this entry is in
+                await asyncio.shield(batch)
             if writer.failure is not None:
                 raise writer.failure
         return seq

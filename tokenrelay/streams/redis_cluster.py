@@ -57,8 +57,8 @@ class RedisCluster:
         ]
 
     async def claim(self, stream_id: str) -> None:
-        # In the write pipeline, ahead of the new stream's meta: its `create` waits for
-        # both in one round trip. (A new id has no lease to lose to.)
+        # In the write pipeline, ahead of the new stream's meta: the stream's first
+        # append waits for them all in one round trip. (A new id has no lease to lose.)
         lease = keys.lease_key(stream_id)
         self._store.enqueue([("SET", lease, self._instance, "NX", "PX", self._lease_ms)])
 

@@ -162,10 +162,6 @@ class WriteBatcher:
         if run is not None:
             run.dropped = True
 
-    def batch_of_runs(self) -> asyncio.Future[list[Any]]:
-        """The future of the batch that the runs appended now are in."""
-        return self._batch()
-
     def last_batch(self) -> asyncio.Future[list[Any]] | None:
         """The future of the last batch written to, which ends after every other."""
         return self._done or self._sending
