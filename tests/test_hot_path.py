@@ -28,6 +28,7 @@ import fastapi.routing
 import httpx
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Route
 from starlette.types import Message
 
@@ -364,6 +365,16 @@ async def test_streams_start_without_fastapis_parameter_solver(
         return await solve(*args, **kwargs)
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    # What goes on down the stack past the direct lane: the exception middleware is the
+    # first layer below it.
+    below: list[str] = []
+    exceptions = ExceptionMiddleware.__call__
+
+    async def passed(self: ExceptionMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        below.append(scope["path"])
+        await exceptions(self, scope, receive, send)
+
+    monkeypatch.setattr(ExceptionMiddleware, "__call__", passed)
     port = free_port()
     config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
     prompt = "Direct route [[sim:tokens=4]]"
@@ -389,7 +400,7 @@ async def test_streams_start_without_fastapis_parameter_solver(
                   "messages": [{"role": "user", "content": prompt}]},
         )  # fmt: skip
         assert openai_chat.status_code == 200 and openai_chat.text.endswith("[DONE]\n\n")
-        assert solved == []
+        assert solved == [] and below == []
         # A header over its limit: FastAPI's validation, and its error, as before.
         too_long = await client.post(
             "/api/stream-response",
@@ -406,6 +417,39 @@ async def test_streams_start_without_fastapis_parameter_solver(
         again = await client.get(f"/api/streams/{stream_id}", params={"after": 1})
         assert again.status_code == 200 and again.text.count('{"token":') == 3  # seq 2 on
         assert solved == ["/api/stream-response", f"/api/streams/{stream_id}"]
+        assert below == solved
+
+
+async def test_an_error_in_the_direct_lane_is_rendered_by_the_apps_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the exception middleware, a direct route's errors still get the app's own
+    handlers: a gateway error its status and shape, any other the server-error
+    middleware's 500 in Claude's shape."""
+    port = free_port()
+    config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
+    body = {"model": MODEL, "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "Lane errors [[sim:tokens=2]]"}]}  # fmt: skip
+    async with (
+        served(create_app(config), config),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        unknown = await client.post("/v1/messages", json={**body, "model": "claude-nonesuch"})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["type"] == "not_found_error"
+
+        async def broken(*args: Any, **kwargs: Any) -> str:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(StreamManager, "start", broken)
+        failed = await client.post("/v1/messages", json=body)
+        assert failed.status_code == 500
+        assert failed.json() == {
+            "type": "error", "error": {"type": "api_error", "message": "Internal gateway error"},
+        }  # fmt: skip
+        monkeypatch.undo()
+        fine = await client.post("/v1/messages", json=body)
+        assert fine.status_code == 200 and fine.text.count("text_delta") == 2
 
 
 async def test_the_collector_leaves_the_old_generations_alone_while_streams_run() -> None:

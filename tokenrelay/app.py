@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
+from starlette.middleware import Middleware
 
 from tokenrelay import __version__, middleware
 from tokenrelay.config import Settings
@@ -31,6 +32,7 @@ from tokenrelay.routes import (
     usage,
     web,
 )
+from tokenrelay.routes.direct import DirectLane
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -76,7 +78,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         # FastAPI's own OpenTelemetry spans would record a request's query string (an
         # EventSource stream's prompt): the gateway's spans are observability/tracing.py's.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        middleware=middleware.stack(settings),
+        middleware=[*middleware.stack(settings), Middleware(DirectLane)],
     )
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)
