@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import time
 import tracemalloc
@@ -274,7 +275,6 @@ async def test_what_a_token_keeps_and_holds_is_bounded(
     assert peak - kept <= BYTES_PEAK_ABOVE_KEPT, peak - kept
 
 
-
 async def test_a_running_streams_producer_has_no_instance_dict(manager: StreamManager) -> None:
     # One producer per open stream: its 33 attributes in a `__dict__` were 1.6 KiB.
     stream_id = await start(manager, "Producer slots. [[sim:tokens=3]] [[sim:tps=5]]")
@@ -431,15 +431,28 @@ async def test_streams_start_without_fastapis_parameter_solver(
 
 
 async def test_an_error_in_the_direct_lane_is_rendered_by_the_apps_handlers(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Past the exception middleware, a direct route's errors still get the app's own
-    handlers: a gateway error its status and shape, any other the server-error
-    middleware's 500 in Claude's shape."""
+    handlers: a gateway error its status and shape. A bug is a 500 in Claude's shape,
+    on the direct lane or down FastAPI's stack alike, with the request's id on it and
+    on the line that logs its traceback."""
     port = free_port()
     config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
     body = {"model": MODEL, "max_tokens": 50, "stream": True,
             "messages": [{"role": "user", "content": "Lane errors [[sim:tokens=2]]"}]}  # fmt: skip
+    internal = {
+        "type": "error",
+        "error": {"type": "api_error", "message": "Internal gateway error"},
+    }
+    logged: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record)
+
+    keep = Keep(logging.ERROR)
+    logging.getLogger("tokenrelay.http").addHandler(keep)
     async with (
         served(create_app(config), config),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
@@ -449,17 +462,27 @@ async def test_an_error_in_the_direct_lane_is_rendered_by_the_apps_handlers(
         assert unknown.json()["error"]["type"] == "not_found_error"
 
         async def broken(*args: Any, **kwargs: Any) -> str:
-            raise RuntimeError("a bug")
+            raise RuntimeError("a bug in a stream's start")
+
+        def broken_page(*args: Any, **kwargs: Any) -> bytes:
+            raise RuntimeError("a bug in a page of models")
 
         monkeypatch.setattr(StreamManager, "start", broken)
-        failed = await client.post("/v1/messages", json=body)
-        assert failed.status_code == 500
-        assert failed.json() == {
-            "type": "error", "error": {"type": "api_error", "message": "Internal gateway error"},
-        }  # fmt: skip
+        monkeypatch.setattr("tokenrelay.routes.messages.models_page", broken_page)
+        failed = await client.post("/v1/messages", json=body, headers={"x-request-id": "rq-1"})
+        paged = await client.get("/v1/models", headers={"x-request-id": "rq-2"})
+        for answer, rid in ((failed, "rq-1"), (paged, "rq-2")):
+            assert answer.status_code == 500 and answer.json() == internal
+            assert answer.headers["x-request-id"] == rid
+            assert answer.headers["x-content-type-options"] == "nosniff"
         monkeypatch.undo()
         fine = await client.post("/v1/messages", json=body)
         assert fine.status_code == 200 and fine.text.count("text_delta") == 2
+    logging.getLogger("tokenrelay.http").removeHandler(keep)
+    assert [(r.getMessage(), str(r.exc_info[1]) if r.exc_info else None) for r in logged] == [
+        ("unhandled error", "a bug in a stream's start"),
+        ("unhandled error", "a bug in a page of models"),
+    ]
 
 
 async def test_the_collector_leaves_the_old_generations_alone_while_streams_run() -> None:

@@ -23,11 +23,12 @@ CORS_REQUEST_HEADERS = [
 
 
 def stack(settings: Settings) -> list[Middleware]:
-    """Outermost first: the request id is bound before anything logs and goes on
-    every answer, as do the security headers; a CORS preflight is answered before the
+    """Outermost first: the security headers go on every answer, the 500 of an error
+    nothing handled too, which the request id's layer answers (with the id on it);
+    the id is bound before anything logs; a CORS preflight is answered before the
     body limit looks at anything, and the body limit runs last, right before the
     routes."""
-    middleware = [Middleware(RequestId), Middleware(SecurityHeaders, hsts=settings.tls)]
+    middleware = [Middleware(SecurityHeaders, hsts=settings.tls), Middleware(RequestId)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -6,6 +6,11 @@ else a new `req_…`. It is bound with structlog's contextvars after clearing th
 every line logged while the request runs (and in the tasks it starts, such as its
 stream's producer, which copy the context) carries `request_id`. The routes read it,
 and the request's arrival time (for time to first token), from `scope["state"]`.
+
+An error nothing handled, before the response started, is answered here: the 500 in
+Claude's shape, logged with its traceback, with the id on it like every other answer
+(Starlette's server-error middleware, which would answer it otherwise, sits above
+every middleware of the app, so its 500 went out without the id a user would quote).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from tokenrelay.routes.errors import unexpected_error
 
 HEADER = b"x-request-id"
 
@@ -42,14 +49,23 @@ class RequestId:
         clear_contextvars()
         bind_contextvars(request_id=request_id)
         echo = (HEADER, request_id.encode("latin-1"))
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [h for h in message.get("headers", ()) if h[0] != HEADER]
                 message["headers"] = [*headers, echo]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise  # mid-answer: nothing to say to the client but the cut
+            response = await unexpected_error(Request(scope), exc)
+            await response(scope, receive, send_with_id)
 
 
 async def request_id(request: Request) -> str:
