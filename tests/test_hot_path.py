@@ -597,7 +597,7 @@ async def test_a_loaded_loop_gathers_a_readers_tokens_and_never_holds_the_first_
     # end releases them without waiting out the window.
     manager.loop_lag.stop()
     manager.loop_lag.behind = True
-    monkeypatch.setattr("tokenrelay.streams.manager.WRITE_WINDOW_S", 60.0)
+    monkeypatch.setattr("tokenrelay.streams.readers.WRITE_WINDOW_S", 60.0)
     loaded = await _writes_of_a_paced_stream(manager, 10)
     assert len(loaded) == 1 + 1 + 1 + 1
     start, first, rest, end = loaded

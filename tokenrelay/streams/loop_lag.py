@@ -1,7 +1,7 @@
 """Whether this process's event loop is behind, measured the cheap way: a timer that
 notes how late it fires.
 
-What it is for: a reader's write window (`StreamManager.follow`). At low load every
+What it is for: a reader's write window (`Readers.follow`). At low load every
 token goes to its client the moment it arrives. When the loop is behind, a token sent
 at once still waits in the loop's queue, and each one costs its reader a wake-up and
 a write; letting a reader's tokens gather for a short window then costs one wake-up

@@ -1,5 +1,5 @@
-"""StreamManager: creates streams, runs their producers, attaches readers, cancels,
-abandons, and drains.
+"""StreamManager: creates streams, runs their producers, cancels, and drains; its
+`Readers` (streams/readers.py) follow the streams and abandon the unread ones.
 
 Knows nothing of HTTP, nor of other instances: what is shared with them (leases,
 takeover, hand-over, remote cancel) goes through `self.cluster`. Drain state and
@@ -23,7 +23,7 @@ from tokenrelay.admission.budgets import Budgets, Meter
 from tokenrelay.admission.gate import Caps, Gate, MemoryGate, Ticket
 from tokenrelay.cancellation import cancel_and_wait
 from tokenrelay.errors import IdempotencyConflict, InvalidRequest, Overloaded, StreamNotFound
-from tokenrelay.events import Done, Queued, Start
+from tokenrelay.events import Done, Start
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.log import log_event
 from tokenrelay.observability.tracing import OFF, StreamTrace, Tracing
@@ -33,7 +33,6 @@ from tokenrelay.streams.cache import CachedAnswer, CachePolicy, ResponseCache
 from tokenrelay.streams.cluster import Cluster
 from tokenrelay.streams.coalesce import Coalescer
 from tokenrelay.streams.log import Entry, StreamLog, StreamMeta
-from tokenrelay.streams.loop_lag import LoopLag
 from tokenrelay.streams.producer import (
     ABANDONED,
     CANCELLED,
@@ -44,6 +43,7 @@ from tokenrelay.streams.producer import (
     RetryPolicy,
     StopReason,
 )
+from tokenrelay.streams.readers import Readers
 from tokenrelay.upstreams.pool import Pool
 from tokenrelay.usage.record import NoUsage, StreamRecord, UsageSink
 
@@ -51,14 +51,6 @@ log = logging.getLogger("tokenrelay.streams")
 
 # Called with the tokens a stream used, once they are known.
 Settle = Callable[[int], Coroutine[Any, Any, None]]
-
-# How often a reader tells the cluster it is still there (for abandonment).
-READER_TOUCH_S = 5.0
-# While the event loop is behind, how long a reader lets its tokens gather after a
-# write before the next one (docs/benchmarks.md, "the write window"). At 50 tokens a
-# second that is some 2.5 tokens a write; the first and the last are never held.
-WRITE_WINDOW_S = 0.05
-OPENING = frozenset({Start, Queued})  # what a stream says before its answer
 
 
 def new_stream_id() -> str:
@@ -144,13 +136,17 @@ class StreamManager:
         self._upstream_wait = upstream_wait
         self.models = models
         self._retry = retry
-        self._timings = timings
         self.instance_id = secrets.token_hex(8)
         self._producers: dict[str, tuple[Producer, asyncio.Task[None]]] = {}
-        self._readers: dict[str, int] = {}
-        self.connected_readers = 0  # every reader of every stream (a metric reads it)
-        self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.readers = Readers(
+            log, cluster,
+            heartbeat_interval=timings.heartbeat_interval, abandon_after=timings.abandon_after,
+            producing=self._producers.__contains__,
+            abandon=lambda stream_id: self._stop(stream_id, ABANDONED),
+            run=self._run,
+        )  # fmt: skip
+        self.loop_lag = self.readers.loop_lag
         # What to tell when a stream's usage is known (e.g. the rate limiter's reservation).
         self._on_end: dict[str, Settle] = {}
         self._coalescer = coalescer or Coalescer("off", 0)
@@ -161,9 +157,7 @@ class StreamManager:
         self._cache_policy = cache_policy or CachePolicy()
         self._cache_keys: dict[str, bytes] = {}  # streams whose answer may be kept
         self.draining = False
-        self._readers_closed = False
         self.tracing = tracing
-        self.loop_lag = LoopLag()
 
     async def open(self) -> None:
         self.loop_lag.start()
@@ -391,7 +385,7 @@ class StreamManager:
         self._producers[stream_id] = (producer, task)
         task.add_done_callback(lambda _t: self._producer_done(meta, producer))
         # A stream nobody ever reads is abandoned like one whose reader left.
-        self._arm_abandon(stream_id)
+        self.readers.arm_abandon(stream_id)
 
     async def lookup(self, stream_id: str, owner: str) -> StreamMeta:
         """The stream's metadata, if it exists and belongs to `owner`; else StreamNotFound."""
@@ -400,44 +394,13 @@ class StreamManager:
             raise StreamNotFound(f"No stream {stream_id!r}: unknown, expired, or not yours")
         return meta
 
-    async def follow(self, stream_id: str, after: int) -> AsyncIterator[list[Entry]]:
-        """Batches of entries with `seq > after`, as they arrive, until the terminal one.
-        An empty batch means nothing arrived for `heartbeat_interval` (time for a ping).
-        While anyone follows a stream it is not abandoned. Ends early, without the
-        terminal entry, when this instance shuts down: the reader resumes elsewhere."""
-        self._attach(stream_id)
-        lag = self.loop_lag
-        lag.watch()
-        try:
-            # The first read does not wait, so a response starts with what is there.
-            wait = hold = 0.0
-            read = self.log.read
-            touched = 0.0
-            while True:
-                entries = await read(stream_id, after, wait, hold)
-                wait = self._timings.heartbeat_interval
-                if entries is None:  # expired while we were reading
-                    return
-                if entries:
-                    yield entries
-                    last = entries[-1]
-                    if last.terminal:
-                        return
-                    after = last.seq
-                    # Not before the first token: only an answer's flow is held.
-                    hold = WRITE_WINDOW_S if lag.behind and type(last.event) not in OPENING else 0.0
-                elif not self._readers_closed:
-                    hold = 0.0
-                    yield entries
-                if self._readers_closed:
-                    return
-                if time.monotonic() - touched > READER_TOUCH_S:
-                    # The producer may run on another instance: tell it somebody reads.
-                    touched = time.monotonic()
-                    await self.cluster.reader_alive(stream_id)
-        finally:
-            lag.unwatch()
-            self._detach(stream_id)
+    def follow(self, stream_id: str, after: int) -> AsyncIterator[list[Entry]]:
+        """Batches of the stream's entries after `after` as they arrive (`Readers.follow`)."""
+        return self.readers.follow(stream_id, after)
+
+    @property
+    def connected_readers(self) -> int:
+        return self.readers.connected
 
     async def cancel(self, stream_id: str, owner: str) -> bool:
         """Stop the stream's generation now, wherever it runs; its log ends with a
@@ -488,49 +451,6 @@ class StreamManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         return handed
 
-    # -- abandonment ---------------------------------------------------------------
-
-    def _attach(self, stream_id: str) -> None:
-        self.connected_readers += 1
-        self._readers[stream_id] = self._readers.get(stream_id, 0) + 1
-        timer = self._abandon_timers.pop(stream_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _detach(self, stream_id: str) -> None:
-        self.connected_readers -= 1
-        left = self._readers.get(stream_id, 1) - 1
-        if left > 0:
-            self._readers[stream_id] = left
-            return
-        self._readers.pop(stream_id, None)
-        self._arm_abandon(stream_id)
-
-    def _arm_abandon(self, stream_id: str, after: float | None = None) -> None:
-        if stream_id not in self._producers or self._readers.get(stream_id):
-            return
-        loop = asyncio.get_running_loop()
-        self._abandon_timers[stream_id] = loop.call_later(
-            self._timings.abandon_after if after is None else after, self._abandon, stream_id
-        )
-
-    def _abandon(self, stream_id: str) -> None:
-        self._abandon_timers.pop(stream_id, None)
-        self._run(self._abandon_unless_read_elsewhere(stream_id))
-
-    async def _abandon_unless_read_elsewhere(self, stream_id: str) -> None:
-        abandon_after = self._timings.abandon_after
-        try:
-            seen = await self.cluster.last_read_elsewhere(stream_id)
-        except Overloaded:  # the store is unreachable: look again later
-            self._arm_abandon(stream_id)
-            return
-        idle = time.time() - seen if seen is not None else float("inf")
-        if idle < abandon_after:
-            self._arm_abandon(stream_id, after=abandon_after - idle)
-        elif self._stop(stream_id, ABANDONED):
-            log_event(log, "stream_abandoned", stream_id=stream_id)
-
     def _settle(self, on_end: Settle | None, tokens: int) -> None:
         if on_end is not None:
             self._run(on_end(tokens))
@@ -560,9 +480,7 @@ class StreamManager:
         # Whether it finished, was handed over or lost the store, this instance no
         # longer writes the stream.
         self.cluster.producer_ended(stream_id)
-        timer = self._abandon_timers.pop(stream_id, None)
-        if timer is not None:
-            timer.cancel()
+        self.readers.disarm(stream_id)
 
     @property
     def active_streams(self) -> int:
@@ -576,7 +494,7 @@ class StreamManager:
     def in_flight(self) -> list[InFlight]:
         """The streams this instance produces now, as the operations page shows them;
         read only, nothing of theirs is touched."""
-        readers = self._readers
+        readers = self.readers
         rows = []
         for stream_id, (producer, _task) in self._producers.items():
             ticket = producer._ticket
@@ -587,7 +505,7 @@ class StreamManager:
                     started_at=producer.started_at,
                     queue_position=None if ticket is None or ticket.admitted else ticket.position,
                     text_deltas=len(producer._answer.parts),
-                    readers=readers.get(stream_id, 0),
+                    readers=readers.of(stream_id),
                     retries=producer.retries,
                     continuations=producer.continuations,
                 )
@@ -619,11 +537,6 @@ class StreamManager:
         for stream_id in list(self._producers):
             self._stop(stream_id, SHUTDOWN)
         await asyncio.gather(*tasks, return_exceptions=True)
-        for timer in self._abandon_timers.values():
-            timer.cancel()
-        self._abandon_timers.clear()
+        self.readers.disarm_all()
         await cancel_and_wait(*self._tasks)
-        # Whoever still reads follows a stream produced elsewhere (or handed over):
-        # their responses end now, and their clients resume on another instance.
-        self._readers_closed = True
-        self.log.wake_readers()
+        self.readers.close()
