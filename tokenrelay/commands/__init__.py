@@ -1,0 +1,1 @@
+"""The CLI's command groups; `tokenrelay/cli.py` puts them together."""
