@@ -120,41 +120,56 @@ TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
 class LineHandler(logging.StreamHandler[TextIO]):
-    """A `StreamHandler` that flushes once per turn of the event loop, not once a line.
+    """A `StreamHandler` that writes once per turn of the event loop, not once a line.
 
-    Why: a stream logs three lines, and a flush is a `write(2)` that lets go of the
-    GIL, for the server's own threads to take: at 50 streams at once the flush per
-    line was a fifth of the loop thread's time per request (docs/benchmarks.md). The
-    lines a turn of the loop logs go out together when it ends, in order. Outside a
-    running loop (starting, stopping, another thread) a line is flushed at once."""
+    Why: a stream logs three lines, and a write to the stream is a `write(2)` that
+    lets go of the GIL, for the server's own threads to take: at 50 streams at once
+    the flush per line was a fifth of the loop thread's time per request
+    (docs/benchmarks.md). The lines a turn of the loop logs are kept here and go out
+    together, in order, in one write when it ends: kept here rather than in the
+    stream's buffer, which `PYTHONUNBUFFERED=1` (set in many container images) turns
+    into a write per line. Outside a running loop (starting, stopping, another
+    thread) a line is written and flushed at once."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._flush_due = False
+        self._pending: list[str] = []
 
-    def flush(self) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            super().flush()
+            line = self.format(record)
+        except Exception:  # as `StreamHandler.emit` does: a line must not fail its caller
+            self.handleError(record)
             return
-        if not self._flush_due:
-            self._flush_due = True
-            loop.call_soon(self._flush_now)
+        self.write_line(line)
 
     def write_line(self, line: str) -> None:
-        """What `emit` does with a record's formatted line."""
+        """Write a formatted line: at the end of this turn of the loop, or now."""
         with self.lock or contextlib.nullcontext():
             try:
-                self.stream.write(line + self.terminator)
-                self.flush()
-            except Exception:  # as `emit` does: a log line must not fail the caller
-                self.handleError(logging.makeLogRecord({"msg": line}))
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write(line + self.terminator)
+                return
+            if not self._pending:
+                loop.call_soon(self.flush)
+            self._pending.append(line)
 
-    def _flush_now(self) -> None:
+    def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
-            self._flush_due = False
+            if self._pending:
+                lines, self._pending = self._pending, []
+                lines.append("")  # for the last line's terminator
+                self._write(self.terminator.join(lines))
+            else:
+                super().flush()
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
             super().flush()
+        except Exception:  # as `emit` does: a log line must not fail the caller
+            self.handleError(logging.makeLogRecord({"msg": text}))
 
 
 def line_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Formatter:
