@@ -25,7 +25,8 @@ ROUNDS = 2
 FIGURES = {
     "direct_ttft_p50_ms", "direct_ttft_p99_ms", "gateway_ttft_p50_ms", "gateway_ttft_p99_ms",
     "added_ttft_p50_ms", "added_ttft_p99_ms", "direct_tokens_per_s", "gateway_tokens_per_s",
-    "rate_kept", "gateway_cpu_us_per_token", "gateway_cpu_ms_per_request", "idle_rss_mib",
+    "rate_kept", "gateway_cpu_us_per_token", "gateway_cpu_ms_per_request",
+    "gateway_loop_ms_per_request", "idle_rss_mib",
     "idle_pss_mib", "peak_rss_mib", "rss_kib_per_open_stream", "pss_kib_per_open_stream",
     "redis_peak_connections",
 }  # fmt: skip
@@ -33,6 +34,7 @@ FIGURES = {
 # Redis connections, only on the Redis store.
 PER_STREAM = {"rss_kib_per_open_stream", "pss_kib_per_open_stream"}
 REDIS_ONLY = {"redis_peak_connections"}
+TICK_MS = 10.0  # the longest scheduler tick of a common kernel (HZ=100)
 
 
 def _spread(value: float) -> dict[str, float]:
@@ -109,6 +111,12 @@ def test_the_quick_suite_checks_every_stream_and_compares(tmp_path: Path) -> Non
             values = [r["figures"][name] for r in s["rounds"]]
             assert figure["min"] == min(values) and figure["max"] == max(values)
             assert figure["min"] <= figure["median"] <= figure["max"]
+        # The event loop's thread is part of the process: some of its CPU, never more
+        # (but for the scheduler's last tick, which a running thread's schedstat lags).
+        for r in s["rounds"]:
+            loop, whole = (r["figures"][k] for k in ("gateway_loop_ms_per_request",
+                                                     "gateway_cpu_ms_per_request"))  # fmt: skip
+            assert 0 < loop <= whole + TICK_MS / scenario.total, (loop, whole)
 
     plot = ET.parse(svg).getroot()
     lines = plot.findall("{http://www.w3.org/2000/svg}polyline")
@@ -197,8 +205,12 @@ def test_several_instances_on_redis_behind_nginx_are_measured_together(tmp_path:
     doc = json.loads(out.read_text())
     assert (doc["gateway_instances"], doc["streams"], doc["tokens_per_stream"]) == (2, 12, 7)
     assert (doc["direct_errors"], doc["gateway_errors"], doc["gateway_tokens"]) == (0, 0, 84)
-    # Both gateways' CPU and nginx's apart, each per delivered token.
+    # Both gateways' CPU and nginx's apart, each per delivered token; the gateways'
+    # event loops per request, a part of their CPU.
     assert doc["gateway_cpu_us_per_token"] > 0 and doc["proxy_cpu_us_per_token"] > 0
+    whole_ms_per_request = doc["gateway_cpu_s"] / doc["streams"] * 1e3
+    loop = doc["gateway_loop_ms_per_request"]
+    assert 0 < loop <= whole_ms_per_request + 2 * TICK_MS / doc["streams"]
     assert doc["redis_peak_connections"] >= 2  # at least one connection per instance
 
 

@@ -56,6 +56,7 @@ class PhaseResult:
     idle_rss_kib: int | None = None
     redis_peak_connections: int | None = None
     proxy_cpu_seconds: float | None = None  # the load balancer's, with --instances
+    loop_cpu_seconds: float | None = None  # the gateways' main threads (event loops)
 
     @property
     def ttfts_ms(self) -> list[float]:
@@ -220,6 +221,11 @@ class Comparison:
             "gateway_cpu_us_per_token": (
                 g.cpu_seconds / g.tokens * 1e6 if g.cpu_seconds is not None and g.tokens else None
             ),
+            "gateway_loop_ms_per_request": (
+                g.loop_cpu_seconds / len(g.results) * 1e3
+                if g.loop_cpu_seconds is not None and g.results
+                else None
+            ),
             "proxy_cpu_us_per_token": (
                 g.proxy_cpu_seconds / g.tokens * 1e6
                 if g.proxy_cpu_seconds is not None and g.tokens
@@ -290,6 +296,7 @@ async def compare(
         gateway_result.redis_peak_connections = await redis_probe
     if probe:
         gateway_result.cpu_seconds = await probe.stop()
+        gateway_result.loop_cpu_seconds = probe.loop_cpu
         gateway_result.peak_rss_kib = probe.peak.rss_kib
         gateway_result.idle_rss_kib = probe.idle.rss_kib
     if proxy:

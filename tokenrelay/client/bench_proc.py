@@ -5,6 +5,9 @@ children it has already reaped (`cutime`, `cstime`), so that a gateway with work
 processes is measured whole. A live process's time is read from its CPU-time clock
 (nanoseconds, all its threads, those already ended included) rather than from
 /proc/PID/stat's clock ticks, whose 10 ms would be a tenth of a short phase.
+The main thread's time apart (`main_thread_seconds`): the gateway's event loop runs
+there, and a request's cost on it is what limits one process; the server's own
+threads (granian's) run beside it, on another core when there is one.
 Memory: RSS, and PSS (`smaps_rollup`) where the kernel has it, which shares pages
 shared between processes fairly among them.
 """
@@ -62,6 +65,18 @@ def cpu_seconds(pid: int) -> float:
     return seconds
 
 
+def main_thread_seconds(pid: int) -> float:
+    """CPU time of `pid`'s main thread: its run time in nanoseconds from schedstat, or
+    its clock ticks where the kernel keeps no schedstat."""
+    # The leader's own schedstat, not the group's.
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
 def _kib(path: str, key: str) -> int | None:
     with contextlib.suppress(OSError), open(path) as f:
         for line in f:
@@ -97,7 +112,9 @@ class TreeProbe:
     interval: float = 0.1
     idle: Memory = field(default_factory=lambda: Memory(0, None))
     peak: Memory = field(default_factory=lambda: Memory(0, None))
+    loop_cpu: float = 0.0  # the main threads' CPU seconds over the phase, once stopped
     _cpu0: float = 0.0
+    _loop0: float = 0.0
     _task: asyncio.Task[None] | None = None
     # The tree as it was at the start: listing it is the costly part of a sample.
     _members: list[int] = field(default_factory=list)
@@ -115,15 +132,20 @@ class TreeProbe:
         self.idle = memory(self._members)
         self.peak = Memory(self.idle.rss_kib, self.idle.pss_kib)
         self._cpu0 = self._cpu()
+        self._loop0 = self._loop_cpu()
         self._task = asyncio.create_task(self._sample())
 
     async def stop(self) -> float:
-        """CPU seconds since `start`."""
+        """CPU seconds since `start` (and the main threads' in `loop_cpu`)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.loop_cpu = self._loop_cpu() - self._loop0
         return self._cpu() - self._cpu0
 
     def _cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def _loop_cpu(self) -> float:
+        return sum(main_thread_seconds(pid) for pid in self.pids)

@@ -54,7 +54,8 @@ def print_suite(doc: dict[str, Any], console: Console | None = None) -> None:
     )  # fmt: skip
     redis = cfg["store"] != "memory"
     cost = Table(
-        "scenario", "CPU / token", "CPU / request", "idle RSS", "idle PSS",
+        "scenario", "CPU / token", "CPU / request", "loop thread / request", "idle RSS",
+        "idle PSS",
         "RSS / open stream", "PSS / open stream", title="Gateway cost",
     )  # fmt: skip
     if redis:
@@ -71,6 +72,7 @@ def print_suite(doc: dict[str, Any], console: Console | None = None) -> None:
         cells = [
             s["name"], _cell(f["gateway_cpu_us_per_token"], " µs", 1),
             _cell(f["gateway_cpu_ms_per_request"], " ms"),
+            _cell(f.get("gateway_loop_ms_per_request"), " ms"),
             _cell(f["idle_rss_mib"], " MiB", 1), _cell(f["idle_pss_mib"], " MiB", 1),
             _cell(f["rss_kib_per_open_stream"], " KiB", 1),
             _cell(f["pss_kib_per_open_stream"], " KiB", 1),

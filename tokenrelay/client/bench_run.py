@@ -173,6 +173,10 @@ def print_comparison(result: Comparison) -> None:
         _fmt(s["gateway_cpu_s"], " s"),
         _fmt(s["gateway_cpu_us_per_token"], " µs/token"),
     )
+    if s["gateway_loop_ms_per_request"] is not None:
+        table.add_row(
+            "gateway loop thread", "", "", _fmt(s["gateway_loop_ms_per_request"], " ms/request")
+        )
     if s["proxy_cpu_us_per_token"] is not None:
         table.add_row("nginx CPU", "", "", _fmt(s["proxy_cpu_us_per_token"], " µs/token"))
     if s["redis_peak_connections"] is not None:
