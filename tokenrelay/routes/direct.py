@@ -17,8 +17,8 @@ starts) goes to its endpoint from there, past the rest of the stack (the excepti
 middleware, the router's scan, the route's two exit stacks): some 7 % of what a
 streaming request costs the loop, and 8 KiB of each open stream's memory
 (docs/benchmarks.md). An error is rendered by the app's own handler for it, as the
-exception middleware would; an error no handler takes goes up to the server-error
-middleware, as before.
+exception middleware would; an error no handler takes goes up the stack, where the
+request id's middleware answers it with a 500, as for any other route.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class DirectLane:
         except Exception as exc:
             handler = handler_for(scope["app"].exception_handlers, exc)
             if handler is None:
-                raise  # the server-error middleware's, as it would be without the lane
+                raise  # up the stack, as it would go without the lane
             response = await handler(request, exc)
         await response(scope, receive, send)
 
@@ -232,7 +232,7 @@ def _takes(route: BaseRoute, method: str, path: str) -> bool:
 
 def handler_for(handlers: dict[Any, ExceptionHandler], exc: Exception) -> ExceptionHandler | None:
     """The handler the exception middleware would call: the nearest class's. The one
-    for `Exception` (a 500) is the server-error middleware's, above this one."""
+    for `Exception` (a 500) is answered above this one (`RequestId`)."""
     for cls in type(exc).__mro__:
         if cls is Exception:
             return None
