@@ -19,12 +19,10 @@ goes back to the pool instead of being closed (a new TCP, and TLS, handshake per
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tokenrelay import __version__
@@ -38,6 +36,7 @@ from tokenrelay.providers.claude_stream import (
     request_parts,
     retry_after,
 )
+from tokenrelay.providers.http1 import Client, Response
 from tokenrelay.providers.sse_decode import sse_events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -56,104 +55,64 @@ class AnthropicHttpProvider:
         base_url: str | None = None,
         connect_timeout: float = 5.0,
         stall_timeout: float = 30.0,
-        max_connections: int = 10_000,
         observe: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
-        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._messages_url = f"{base}/v1/messages"
-        self._count_url = f"{base}/v1/messages/count_tokens"
-        common = {"x-api-key": api_key, "content-type": "application/json",
-                  "user-agent": f"tokenrelay/{__version__}"}  # fmt: skip
-        self._headers = {**common, "anthropic-version": API_VERSION, "accept": "text/event-stream"}
-        self._sampling_headers = {**self._headers, "anthropic-version": SAMPLING_API_VERSION}
-        self._count_headers = {**common, "anthropic-version": API_VERSION}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=stall_timeout
+        self._client = Client(
+            base_url or DEFAULT_BASE_URL,
+            connect_timeout=connect_timeout,
+            stall_timeout=stall_timeout,
         )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        # For a request sent again after a pooled connection turned out closed.
-        self._fresh: aiohttp.ClientSession | None = None
+        common = [("x-api-key", api_key), ("content-type", "application/json"),
+                  ("user-agent", f"tokenrelay/{__version__}")]  # fmt: skip
+        streamed = [*common, ("accept", "text/event-stream")]
+        self._head = self._client.head(
+            "/v1/messages", [*streamed, ("anthropic-version", API_VERSION)]
+        )
+        self._sampling_head = self._client.head(
+            "/v1/messages", [*streamed, ("anthropic-version", SAMPLING_API_VERSION)]
+        )
+        self._count_head = self._client.head(
+            "/v1/messages/count_tokens", [*common, ("anthropic-version", API_VERSION)]
+        )
         # Shown every answer's headers, an error's too (the pool reads their
         # anthropic-ratelimit-* figures); once per call.
         self._observe = observe
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: a session belongs to the running loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
-                timeout=self._timeout,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
-
-    def _fresh_client(self) -> aiohttp.ClientSession:
-        if self._fresh is None:
-            self._fresh = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                timeout=self._timeout,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._fresh
-
-    async def _post(
-        self, url: str, body: bytes, headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
-        """The response to a POST (its status and headers read). A kept-alive connection
-        the upstream closed while it sat in the pool fails as the request is written or
-        before any answer (its close was not yet seen): that says nothing of the
-        upstream, so the request goes once more, at once, on a new connection; a
-        connection that cannot be made at all is the upstream's failure."""
-        try:
-            return await self._client().post(url, data=body, headers=headers)
-        except aiohttp.ClientConnectorError:
-            raise
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return await self._fresh_client().post(url, data=body, headers=headers)
-
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         body, sampling, trace = request_parts(request)
         body["stream"] = True
-        headers = self._sampling_headers if sampling else self._headers
+        head = self._sampling_head if sampling else self._head
         if sampling:
             body.update(sampling)
-        if trace:
-            headers = {**headers, **trace}
         state = BlockState()
         loads = orjson.loads
-        # aiohttp keeps the body until the answer ends, and orjson's result sits in a
-        # 4 KiB buffer while it lives: copied to its own size, that is 4 KiB less per
-        # open stream (dialects/tokens.py says the same of log entries).
-        payload = b"%b" % orjson.dumps(body)
         try:
-            async with await self._post(self._messages_url, payload, headers) as response:
-                if self._observe is not None:
-                    self._observe(response.headers)
-                if response.status != 200:
-                    raise await _status_error(response)
-                async for _, data in sse_events(response.content.iter_any()):
-                    delta = state.feed(loads(data))
-                    if delta is None:
-                        continue
-                    if type(delta) is MessageEnd:
-                        # Before the end is told: the next request (the client's, on
-                        # hearing it) finds this connection back in the pool.
-                        await _drain(response)
-                        yield delta
-                        return
+            response = await self._client.post(head.encode(orjson.dumps(body), trace.items()))
+        except (TimeoutError, OSError) as exc:
+            raise _incomplete(exc, state) from None
+        try:
+            if self._observe is not None:
+                self._observe(response.headers)
+            if response.status != 200:
+                raise await _status_error(response)
+            async for _, data in sse_events(response.chunks()):
+                delta = state.feed(loads(data))
+                if delta is None:
+                    continue
+                if type(delta) is MessageEnd:
+                    # Before the end is told: the next request (the client's, on
+                    # hearing it) finds this connection back in the pool.
+                    await response.finish(DRAIN_S)
                     yield delta
+                    return
+                yield delta
         except UpstreamIncomplete as exc:
-            exc.cut_block = state.open_block if state.open_block != "text" else None
+            exc.cut_block = _cut(state)
             raise
-        except TimeoutError:  # no byte for stall_timeout (or no connection in time)
-            raise UpstreamIncomplete(
-                "upstream timed out (stalled)", cut_block=_cut(state)
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamIncomplete(
-                f"upstream connection failed: {type(exc).__name__}", cut_block=_cut(state)
-            ) from None
+        except (TimeoutError, OSError) as exc:
+            raise _incomplete(exc, state) from None
+        finally:
+            response.close()
         raise UpstreamIncomplete(
             "upstream stream ended without message_stop", cut_block=_cut(state)
         )
@@ -163,31 +122,38 @@ class AnthropicHttpProvider:
         for name in NOT_COUNTED:
             body.pop(name, None)
         try:
-            async with await self._post(
-                self._count_url, orjson.dumps(body), self._count_headers
-            ) as response:
+            response = await self._client.post(self._count_head.encode(orjson.dumps(body)))
+            try:
                 if response.status != 200:
                     raise await _status_error(response)
                 counted: dict[str, Any] = orjson.loads(await response.read())
+            finally:
+                response.close()
         except TimeoutError:
             raise UpstreamError("upstream timed out", status=504, error_type="timeout_error",
                                 retryable=True) from None  # fmt: skip
-        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+        except (OSError, orjson.JSONDecodeError) as exc:
             raise UpstreamError(f"upstream connection failed: {type(exc).__name__}",
                                 status=502, retryable=True) from None  # fmt: skip
         return int(counted["input_tokens"])
 
     async def aclose(self) -> None:
-        for session in (self._session, self._fresh):
-            if session is not None:
-                await session.close()
+        await self._client.aclose()
 
 
 def _cut(state: BlockState) -> str | None:
     return state.open_block if state.open_block != "text" else None
 
 
-async def _status_error(response: aiohttp.ClientResponse) -> UpstreamError:
+def _incomplete(exc: BaseException, state: BlockState) -> UpstreamIncomplete:
+    if isinstance(exc, TimeoutError):  # no byte for stall_timeout, or no connection in time
+        return UpstreamIncomplete("upstream timed out (stalled)", cut_block=_cut(state))
+    return UpstreamIncomplete(
+        f"upstream connection failed: {type(exc).__name__}", cut_block=_cut(state)
+    )
+
+
+async def _status_error(response: Response) -> UpstreamError:
     """Claude's error answer as the SDK maps it: its type and message from the body
     (the status's type when the body is not Claude's JSON), the wait it asks for."""
     status = response.status
@@ -205,11 +171,3 @@ async def _status_error(response: aiohttp.ClientResponse) -> UpstreamError:
         retryable=retryable_status(status) if retryable is None else retryable,
         retry_after=retry_after(response.headers),
     )
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read what is left of a finished answer, so its connection is kept for the next."""
-    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
-        async with asyncio.timeout(DRAIN_S):
-            while await response.content.readany():
-                pass
