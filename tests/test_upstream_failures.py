@@ -22,6 +22,7 @@ from tests.support import (
     text_of,
     unique,
 )
+from tests.support.upstreams import ScriptedUpstream, answer, read_request
 
 
 async def test_429_twice_then_success_is_retried_into_one_seamless_answer(
@@ -190,79 +191,30 @@ async def test_silent_upstream_is_treated_as_dropped_and_continued(
 
 # -- a pooled connection the upstream closed -------------------------------------------
 
-CLAUDE_STREAM = b"".join(
-    b"event: %s\ndata: %s\n\n" % (name.encode(), data.encode())
-    for name, data in [
-        ("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message",'
-         '"role":"assistant","model":"claude-haiku-4-5","content":[],"stop_reason":null,'
-         '"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}'),
-        ("content_block_start", '{"type":"content_block_start","index":0,'
-         '"content_block":{"type":"text","text":""}}'),
-        ("content_block_delta", '{"type":"content_block_delta","index":0,'
-         '"delta":{"type":"text_delta","text":"Hello there"}}'),
-        ("content_block_stop", '{"type":"content_block_stop","index":0}'),
-        ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn",'
-         '"stop_sequence":null},"usage":{"output_tokens":2}}'),
-        ("message_stop", '{"type":"message_stop"}'),
-    ]
-)  # fmt: skip
 
+async def test_a_pooled_connection_the_upstream_closed_is_no_failure(tmp_path: Path) -> None:
+    # An upstream that answers the first request on a connection, keeps it open, and
+    # closes it without a word when a second request comes on it: what a server's idle
+    # timeout does to a pooled connection just as it is used again.
+    requests = answered = 0
 
-class ClosesKeptConnections:
-    """An upstream that answers the first request on a connection, keeps the connection
-    open, and closes it without a word when a second request comes on it: what a
-    server's idle timeout does to a pooled connection just as it is used again."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.requests = 0
-        self.answered = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:  # the kept connections' reads end
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
+    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests, answered
         for request_here in range(2):
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                return  # closed by the gateway, or by __aexit__
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
-            self.requests += 1
+            if await read_request(reader) is None:
+                return  # closed by the gateway, or at the end
+            requests += 1
             if request_here == 1:
                 writer.transport.abort()
                 return
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(CLAUDE_STREAM), CLAUDE_STREAM)
-            )
-            self.answered += 1
+            writer.write(answer())
+            answered += 1
 
-
-async def test_a_pooled_connection_the_upstream_closed_is_no_failure(tmp_path: Path) -> None:
-    upstream = ClosesKeptConnections()
     log_path = tmp_path / "gateway.log"
-    async with upstream as url:
+    async with ScriptedUpstream(first_only) as upstream:
         port = free_port()
         args = ["serve", "--port", str(port), "--provider", "anthropic"]
-        args += ["--anthropic-base-url", url]
+        args += ["--anthropic-base-url", f"http://127.0.0.1:{upstream.port}"]
         with spawn(args, f"http://127.0.0.1:{port}/readyz", env=FAST_GATEWAY_ENV,
                    log_path=log_path):  # fmt: skip
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
@@ -271,7 +223,7 @@ async def test_a_pooled_connection_the_upstream_closed_is_no_failure(tmp_path: P
     assert texts == ["Hello there"] * 3
     # The second went out on the kept connection, was cut unanswered, and went again at
     # once on a new one, kept in turn; the third went out on that, and the same again.
-    assert (upstream.connections, upstream.requests, upstream.answered) == (3, 5, 3)
+    assert (upstream.connections, requests, answered) == (3, 5, 3)
     log = log_path.read_text()
     assert log_events(log, "upstream_retry") == []
     assert log_events(log, "upstream_cooldown") == []

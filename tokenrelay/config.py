@@ -31,9 +31,9 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("TOKENRELAY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
     )
-    # How the gateway speaks to Claude: "aiohttp", its own lean client (no SDK loaded),
+    # How the gateway speaks to Claude: "http", its own lean client (no SDK loaded),
     # or "sdk", the official SDK; they behave the same (tests/contracts runs both).
-    upstream_client: Literal["aiohttp", "sdk"] = "aiohttp"
+    upstream_client: Literal["http", "sdk"] = "http"
     connect_timeout: float = 5.0
     # An upstream silent this long (not even a ping) counts as dropped.
     stall_timeout: float = 30.0

@@ -1,4 +1,4 @@
-"""The `anthropic` provider's default path: Claude's Messages API over aiohttp.
+"""The `anthropic` provider's default path: Claude's Messages API over `http1.Client`.
 
 The official SDK (`providers/anthropic.py`, `TOKENRELAY_UPSTREAM_CLIENT=sdk`) builds
 each request through several layers (its options and headers, httpx's request model,
@@ -133,7 +133,7 @@ class AnthropicHttpProvider:
             raise UpstreamError("upstream timed out", status=504, error_type="timeout_error",
                                 retryable=True) from None  # fmt: skip
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}",
+            raise UpstreamError(f"upstream connection failed: {str(exc) or type(exc).__name__}",
                                 status=502, retryable=True) from None  # fmt: skip
         return int(counted["input_tokens"])
 
@@ -148,9 +148,8 @@ def _cut(state: BlockState) -> str | None:
 def _incomplete(exc: BaseException, state: BlockState) -> UpstreamIncomplete:
     if isinstance(exc, TimeoutError):  # no byte for stall_timeout, or no connection in time
         return UpstreamIncomplete("upstream timed out (stalled)", cut_block=_cut(state))
-    return UpstreamIncomplete(
-        f"upstream connection failed: {type(exc).__name__}", cut_block=_cut(state)
-    )
+    reason = str(exc) or type(exc).__name__
+    return UpstreamIncomplete(f"upstream connection failed: {reason}", cut_block=_cut(state))
 
 
 async def _status_error(response: Response) -> UpstreamError:

@@ -97,7 +97,7 @@ class Client:
         try:
             return await conn.send(request)
         except _Stale:
-            raise ConnectionResetError("upstream closed the connection before answering") from None
+            raise _Lost("closed before answering") from None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -113,7 +113,7 @@ class Client:
         except TimeoutError:
             raise
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"{type(exc).__name__}: {exc}") from None
+            raise ConnectError(f"no connection ({type(exc).__name__}: {exc})") from None
         return conn
 
     def _release(self, conn: _Connection) -> None:
@@ -311,7 +311,7 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.error = _Lost(f"malformed upstream answer: {exc}")
+            self.error = _Lost(f"not an HTTP answer ({exc})")
             self.close()
         if self.buffered > HIGH_WATER and not self.paused and not self.closed:
             self.paused = True
@@ -323,9 +323,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._stop_timer()
         if self._parser is not None and not self.complete and self.error is None:
-            self.error = _Lost(
-                f"upstream connection lost: {type(exc).__name__}" if exc else "upstream closed"
-            )
+            self.error = _Lost(f"lost ({type(exc).__name__})" if exc else "closed mid-answer")
         self._wake()
 
     def on_header(self, name: bytes, value: bytes) -> None:
