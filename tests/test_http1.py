@@ -261,3 +261,40 @@ async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() 
         await client.aclose()
     assert received == body
     assert server_done.is_set()
+
+
+# -- a caller gone ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["before the headers", "mid-body"])
+async def test_a_stream_given_up_closes_its_upstream_connection_at_once(when: str) -> None:
+    # Else the upstream would go on generating, and billing, for no one.
+    closed = asyncio.Event()
+
+    async def hangs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if when == "mid-body":
+            whole = answer()
+            writer.write(whole[: whole.index(b"event: content_block_stop")])
+        assert await reader.read() == b""
+        closed.set()
+
+    async with ScriptedUpstream(hangs) as upstream:
+        client = provider(upstream.port, stall_timeout=30)
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in client.stream(REQUEST):
+                first.set()
+
+        task = asyncio.create_task(consume())
+        if when == "mid-body":
+            await first.wait()
+        else:
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(closed.wait(), 5)
+        await client.aclose()
+    assert upstream.connections == 1

@@ -225,6 +225,8 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.closed = False
         self.error: BaseException | None = None
+        self.reused = False  # an answer has come on it before
+        self.idle_since = 0.0
 
     # -- the request side ----------------------------------------------------------
 
@@ -241,14 +243,18 @@ class _Connection(asyncio.Protocol):
         self._transport.write(request)
         self._last = self._loop.time()
         self._timer = self._loop.call_at(self._last + self._stall_timeout, self._check_stall)
-        while not self._headers_done:
-            if self.error is not None:
-                if not self._got_bytes and isinstance(self.error, _Lost) and self.reused:
-                    self._stop_timer()
-                    raise _Stale
-                self._abort()
-                raise self.error
-            await self.wait()
+        try:
+            while not self._headers_done:
+                if self.error is not None:
+                    if not self._got_bytes and isinstance(self.error, _Lost) and self.reused:
+                        raise _Stale
+                    raise self.error
+                await self.wait()
+        except BaseException:
+            # Failed, or cancelled (the caller gone): a request left half-answered on
+            # the connection would keep the upstream generating for no one.
+            self.close()
+            raise
         assert self._parser is not None
         status = self._parser.get_status_code()
         headers = Headers(
@@ -257,9 +263,6 @@ class _Connection(asyncio.Protocol):
         )
         self.reused = True
         return Response(self, status, headers)
-
-    reused = False
-    idle_since = 0.0
 
     async def wait(self) -> None:
         self._waiter = self._loop.create_future()
@@ -291,9 +294,6 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self._transport is not None:
                 self._transport.close()
-
-    def _abort(self) -> None:
-        self.close()
 
     # -- the protocol side ---------------------------------------------------------
 
