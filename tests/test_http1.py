@@ -172,6 +172,18 @@ async def test_a_connection_idle_past_the_keepalive_time_is_closed_by_the_gatewa
     assert upstream.connections == 2
 
 
+async def test_bytes_after_a_whole_answer_are_not_read_as_the_next_one() -> None:
+    async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(answer() + answer())
+
+    async with ScriptedUpstream(answers_twice) as upstream:
+        client = provider(upstream.port)
+        assert [await text_of(client) for _ in range(2)] == ["Hello there"] * 2
+        await client.aclose()
+    assert upstream.connections == 2
+
+
 # -- failures ------------------------------------------------------------------------------
 
 

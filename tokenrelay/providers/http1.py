@@ -5,7 +5,7 @@ URL and cookie handling, header multidicts, per-read timeout handles, a stream r
 with its own buffering — and keeps some 13 KiB per open response. This one is an
 asyncio protocol over httptools (the C parser uvicorn uses): the request's head is
 bytes built once per header set, a response's body chunks go to the reader as they
-arrive, and one timer per connection watches for silence.
+arrive, and a connection's parser serves all its answers.
 
 What it keeps of a production client:
   - keep-alive: a connection whose answer was read to its end goes back to an idle
@@ -14,7 +14,9 @@ What it keeps of a production client:
     go out, or the connection ends before any byte of an answer) goes once more, at
     once, on a new connection: that says nothing of the upstream;
   - `connect_timeout` for a connection (and TLS handshake); `stall_timeout` for silence
-    while an answer is awaited or read, raised as `TimeoutError`;
+    while an answer is awaited or read, raised as `TimeoutError`: one watch per client
+    looks over the connections in use a few times per `stall_timeout`, so a request
+    sets no timer of its own and a read moves none;
   - TLS for `https` upstreams, verified against the system's trust store;
   - a slow reader pauses the socket rather than letting the body pile up.
 """
@@ -74,6 +76,10 @@ class Client:
         self.path_prefix = parts.path.rstrip("/")
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
+        # A stall is seen between `stall_timeout` and a quarter more of silence.
+        self._tick = min(1.0, stall_timeout / 4)
+        self._busy: set[_Connection] = set()
+        self._watch: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
         # Oldest first: a request takes the newest, the sweep closes the oldest.
         self._idle: list[_Connection] = []
@@ -104,7 +110,7 @@ class Client:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, self._stall_timeout),
+                    lambda: _Connection(self),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -115,6 +121,19 @@ class Client:
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"no connection ({type(exc).__name__}: {exc})") from None
         return conn
+
+    def _watching(self, conn: _Connection) -> None:
+        self._busy.add(conn)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self._tick, self._look)
+
+    def _look(self) -> None:
+        """Fail each connection in use that has been silent for `stall_timeout`."""
+        self._watch = None
+        for conn in [conn for conn in self._busy if conn.quiet(self._tick) >= self._stall_timeout]:
+            conn.stalled()
+        if self._busy:
+            self._watch = asyncio.get_running_loop().call_later(self._tick, self._look)
 
     def _release(self, conn: _Connection) -> None:
         if self._closed:
@@ -141,6 +160,9 @@ class Client:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -188,6 +210,10 @@ class Response:
     async def finish(self, within: float) -> None:
         """Read what is left of an answer already told (its last bytes in flight) so the
         connection is kept; past `within`, or on any failure, it is closed instead."""
+        conn = self._conn
+        if conn.complete and not conn.body:  # the usual case: the end came with the rest
+            self.close()
+            return
         try:
             async with asyncio.timeout(within):
                 async for _ in self.chunks():
@@ -206,15 +232,15 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One upstream socket; one request at a time."""
 
-    def __init__(self, client: Client, stall_timeout: float) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
-        self._stall_timeout = stall_timeout
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._parser: httptools.HttpResponseParser | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._asked = False  # a request is out, its answer not yet all read
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = 0.0  # loop time of the last byte received
+        self._reads = self._reads_seen = 0  # data_received calls; as of the last look
+        self._silent = 0.0  # seconds of silence seen by the looks
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers_done = False
         self._keep_alive = False
@@ -231,7 +257,6 @@ class _Connection(asyncio.Protocol):
     # -- the request side ----------------------------------------------------------
 
     async def send(self, request: bytes) -> Response:
-        self._parser = httptools.HttpResponseParser(self)
         self._raw_headers = []
         self._headers_done = self._got_bytes = self._keep_alive = self.complete = False
         self.body = []
@@ -241,8 +266,9 @@ class _Connection(asyncio.Protocol):
         if self.closed or self._transport.is_closing():
             raise _Stale
         self._transport.write(request)
-        self._last = self._loop.time()
-        self._timer = self._loop.call_at(self._last + self._stall_timeout, self._check_stall)
+        self._asked = True
+        self._reads_seen, self._silent = self._reads, 0.0
+        self._client._watching(self)
         try:
             while not self._headers_done:
                 if self.error is not None:
@@ -255,7 +281,6 @@ class _Connection(asyncio.Protocol):
             # the connection would keep the upstream generating for no one.
             self.close()
             raise
-        assert self._parser is not None
         status = self._parser.get_status_code()
         headers = Headers(
             (name.decode("latin-1").lower(), value.decode("latin-1"))
@@ -272,9 +297,9 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
 
     def done(self) -> None:
-        self._stop_timer()
+        self._client._busy.discard(self)
         keep = self.complete and self._keep_alive and not self.closed
-        self._parser = None
+        self._asked = False
         self.body = []
         if keep:
             if self.paused:
@@ -289,7 +314,7 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def close(self) -> None:
-        self._stop_timer()
+        self._client._busy.discard(self)
         if not self.closed:
             self.closed = True
             if self._transport is not None:
@@ -302,17 +327,17 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:  # bytes nobody asked for: the connection is not reusable
+        if not self._asked:  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
         self._got_bytes = True
-        self._last = self._loop.time()
+        self._reads += 1
         try:
-            parser.feed_data(data)
+            self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.error = _Lost(f"not an HTTP answer ({exc})")
-            self.close()
+            if not self.complete:
+                self.error = _Lost(f"not an HTTP answer ({exc})")
+            self.close()  # what came after a whole answer is not to be read as the next
         if self.buffered > HIGH_WATER and not self.paused and not self.closed:
             self.paused = True
             assert self._transport is not None
@@ -321,10 +346,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._stop_timer()
-        if self._parser is not None and not self.complete and self.error is None:
+        self._client._busy.discard(self)
+        if self._asked and not self.complete and self.error is None:
             self.error = _Lost(f"lost ({type(exc).__name__})" if exc else "closed mid-answer")
         self._wake()
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request
+            raise _Lost("bytes after the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
@@ -338,10 +367,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # Asked now: once the callback returns the parser has reset for a next message.
-        assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()
         self.complete = True
-        self._stop_timer()
+        self._client._busy.discard(self)
 
     # -- internals -----------------------------------------------------------------
 
@@ -350,25 +378,19 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _check_stall(self) -> None:
-        # One timer per answer, moved on only when it fires: cheaper than a timer
-        # rescheduled for every read.
-        due = self._last + self._stall_timeout
-        if self.paused:  # the reader is behind, not the upstream
-            due = self._loop.time() + self._stall_timeout
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check_stall)
-            return
-        self._timer = None
+    def quiet(self, tick: float) -> float:
+        """Seconds of silence as of this look (the looks come `tick` apart)."""
+        if self._reads != self._reads_seen or self.paused:  # a reader behind is no stall
+            self._reads_seen, self._silent = self._reads, 0.0
+        else:
+            self._silent += tick
+        return self._silent
+
+    def stalled(self) -> None:
         if self.error is None:
             self.error = TimeoutError("upstream stalled")
         self.close()
         self._wake()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class _Lost(ConnectionError):
