@@ -346,6 +346,10 @@ class StreamManager:
         await self.log.append(stream_id, Start(stream_id, request_id, request.model))
         telemetry.stream_started(route, stream_id, owner, request)
         self._spawn(meta, request, None, ticket, meter, route)
+        # The producer's turn first: its upstream request goes out now, and what this
+        # request still does before its first token (the response's start, the reader)
+        # is done while the upstream answers instead of before it asks.
+        await asyncio.sleep(0)
 
     def _spawn(
         self,
