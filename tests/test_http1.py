@@ -22,10 +22,12 @@ from cryptography.x509.oid import NameOID
 
 from tests.support import eventually_async, free_port
 from tests.support.upstreams import CLAUDE_STREAM, ScriptedUpstream, answer, read_request
+from tokenrelay import __version__
 from tokenrelay.errors import UpstreamIncomplete
 from tokenrelay.providers import http1
 from tokenrelay.providers.anthropic_http import AnthropicHttpProvider
 from tokenrelay.providers.base import GenerationRequest, MessageEnd
+from tokenrelay.providers.claude_stream import API_VERSION
 
 REQUEST = GenerationRequest(
     model="claude-haiku-4-5", messages=[{"role": "user", "content": "Hi"}], max_tokens=50
@@ -48,6 +50,39 @@ def provider(port: int, *, scheme: str = "http", host: str = "127.0.0.1",
     return AnthropicHttpProvider(
         api_key="sk-test", base_url=f"{scheme}://{host}:{port}", stall_timeout=stall_timeout
     )
+
+
+# -- the request on the wire ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", "/relay"])
+async def test_a_request_goes_out_as_one_exact_http_1_1_message(prefix: str) -> None:
+    received: list[bytes] = []
+
+    async def keeps(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await read_request(reader)) is not None:
+            received.append(request)
+            writer.write(answer())
+
+    async with ScriptedUpstream(keeps) as upstream:
+        port = upstream.port
+        client = AnthropicHttpProvider(
+            api_key="sk-test", base_url=f"http://127.0.0.1:{port}{prefix}/"
+        )
+        assert await text_of(client) == "Hello there"
+        await client.aclose()
+    body = (
+        b'{"model":"claude-haiku-4-5","messages":[{"role":"user","content":"Hi"}],'
+        b'"max_tokens":50,"stream":true}'
+    )
+    assert received == [
+        b"POST %b/v1/messages HTTP/1.1\r\n" % prefix.encode()
+        + b"host: 127.0.0.1:%d\r\n" % port
+        + b"x-api-key: sk-test\r\ncontent-type: application/json\r\n"
+        + b"user-agent: tokenrelay/%b\r\naccept: text/event-stream\r\n" % __version__.encode()
+        + b"anthropic-version: %b\r\n" % API_VERSION.encode()
+        + b"content-length: %d\r\n\r\n%b" % (len(body), body)
+    ]
 
 
 # -- TLS ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tokenrelay.events import (
 )
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.base import Usage
+from tokenrelay.providers.sse_decode import SseDecoder
 from tokenrelay.streams.fanout import Tail
 from tokenrelay.streams.log import Entry
 from tokenrelay.streams.producer import RetryPolicy
@@ -196,3 +197,29 @@ def test_encoded_entries_take_their_own_size_not_a_serializer_buffer() -> None:
         tracemalloc.stop()
     assert payloads[7] == b'{"token":"word 7"}'
     assert held < 250 * 1000  # 50 to 120 bytes each, plus the list
+
+
+# -- the upstream's event stream, decoded ------------------------------------------------
+
+SSE_WIRE = (
+    b'event: message_start\ndata: {"a":1}\n\n'
+    b": a comment\n\n"
+    b"event: ping\ndata: {}\n\n"
+    b"data: first line\ndata:second line\n\n"
+)
+SSE_EVENTS = [
+    (b"message_start", b'{"a":1}'),
+    (b"ping", b"{}"),
+    (b"", b"first line\nsecond line"),
+]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_sse_decoder_gives_the_same_events_however_the_bytes_are_cut(newline: bytes) -> None:
+    wire = SSE_WIRE.replace(b"\n", newline)
+    for first in range(len(wire) + 1):
+        for second in range(first, len(wire) + 1, 7):
+            decoder = SseDecoder()
+            parts = (wire[:first], wire[first:second], wire[second:])
+            events = [event for part in parts for event in decoder.feed(part)]
+            assert events == SSE_EVENTS, (newline, first, second)

@@ -37,7 +37,7 @@ from tokenrelay.providers.claude_stream import (
     retry_after,
 )
 from tokenrelay.providers.http1 import Client, Response
-from tokenrelay.providers.sse_decode import sse_events
+from tokenrelay.providers.sse_decode import SseDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # How long the rest of a finished answer's body may take to arrive (it is a few bytes,
@@ -95,17 +95,19 @@ class AnthropicHttpProvider:
                 self._observe(response.headers)
             if response.status != 200:
                 raise await _status_error(response)
-            async for _, data in sse_events(response.chunks()):
-                delta = state.feed(loads(data))
-                if delta is None:
-                    continue
-                if type(delta) is MessageEnd:
-                    # Before the end is told: the next request (the client's, on
-                    # hearing it) finds this connection back in the pool.
-                    await response.finish(DRAIN_S)
+            decode = SseDecoder().feed
+            async for chunk in response.chunks():
+                for _, data in decode(chunk):
+                    delta = state.feed(loads(data))
+                    if delta is None:
+                        continue
+                    if type(delta) is MessageEnd:
+                        # Before the end is told: the next request (the client's, on
+                        # hearing it) finds this connection back in the pool.
+                        await response.finish(DRAIN_S)
+                        yield delta
+                        return
                     yield delta
-                    return
-                yield delta
         except UpstreamIncomplete as exc:
             exc.cut_block = _cut(state)
             raise

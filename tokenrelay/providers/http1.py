@@ -70,9 +70,8 @@ class Client:
         self._tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self._tls else 80)
-        default_port = self.port == (443 if self._tls else 80)
-        # The Host header: the name as written, the port when it is not the default.
-        self.authority = parts.netloc.rpartition("@")[2] if not default_port else self.host
+        # The Host header: the host and port as written (an IPv6 address in brackets).
+        self.authority = parts.netloc.rpartition("@")[2]
         self.path_prefix = parts.path.rstrip("/")
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
@@ -116,7 +115,7 @@ class Client:
                     ssl=self._ssl,
                     server_hostname=self.host if self._tls else None,
                 )
-        except TimeoutError:
+        except TimeoutError:  # an OSError too, but a timeout is told as one
             raise
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"no connection ({type(exc).__name__}: {exc})") from None

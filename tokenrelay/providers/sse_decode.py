@@ -9,17 +9,37 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+Events = list[tuple[bytes, bytes]]
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-    """Yield (event name, data) for every complete event; comments are skipped."""
-    buffer = b""
-    async for chunk in chunks:
+
+class SseDecoder:
+    """Bytes in, complete events out; what is left of an event waits for the rest."""
+
+    __slots__ = ("_buffer", "_cr")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        # The last chunk ended in CR, taken as a line's end: an LF opening this one is
+        # the rest of that CRLF, not a line of its own.
+        self._cr = False
+
+    def feed(self, chunk: bytes) -> Events:
+        """(event name, data) of every event `chunk` completes; comments are skipped."""
+        if not chunk:
+            return []
+        if self._cr:
+            self._cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         if b"\r" in chunk:
+            self._cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
         if b"\n\n" not in buffer:
-            continue
-        *blocks, buffer = buffer.split(b"\n\n")
+            self._buffer = buffer
+            return []
+        *blocks, self._buffer = buffer.split(b"\n\n")
+        events: Events = []
         for block in blocks:
             event = b""
             data: list[bytes] = []
@@ -29,4 +49,13 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes,
                 elif line.startswith(b"event:"):
                     event = line[6:].strip()
             if data:
-                yield event, b"\n".join(data)
+                events.append((event, b"\n".join(data)))
+        return events
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Yield (event name, data) for every complete event; comments are skipped."""
+    decoder = SseDecoder()
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
