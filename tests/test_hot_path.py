@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sys
 import time
 import tracemalloc
@@ -36,6 +37,7 @@ from tests.support.inprocess import served
 from tests.support.logs import log_lines
 from tests.support.polling import eventually, eventually_async
 from tests.support.processes import free_port, spawn
+from tests.support.upstreams import ScriptedUpstream, answer, read_request
 from tokenrelay.app import GC_THRESHOLDS, create_app
 from tokenrelay.client.bench import direct_target, gateway_target, run_phase
 from tokenrelay.client.bench_links import CountingProxy, keepalive_connections
@@ -48,6 +50,7 @@ from tokenrelay.dialects.openai import ChatChunks
 from tokenrelay.dialects.tokens import TokensDialect
 from tokenrelay.events import Done, Event, Start
 from tokenrelay.pricing import ModelTable
+from tokenrelay.providers.anthropic_http import AnthropicHttpProvider
 from tokenrelay.providers.base import GenerationRequest
 from tokenrelay.providers.simulator import SimulatorProvider
 from tokenrelay.registry import build_store
@@ -212,6 +215,59 @@ async def test_a_reader_that_fell_behind_gets_what_it_missed_in_one_write(
     assert missed.count(b"data: ") == 151  # the 150 tokens and the done event, one write
     assert all(b'data: {"token":"t%d "}\n' % n in missed for n in range(150))
     assert last == b"" and sends[-1]["more_body"] is False
+
+
+# -- the first token of a burst ------------------------------------------------------
+
+
+def claude_burst(texts: list[str]) -> bytes:
+    """Claude's event stream for an answer of `texts`, as one piece of bytes."""
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message",
+         "role": "assistant", "model": MODEL, "content": [], "stop_reason": None,
+         "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0,
+           "delta": {"type": "text_delta", "text": text}} for text in texts),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": len(texts)}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode())
+                    for e in events)  # fmt: skip
+
+
+async def test_the_first_token_of_a_burst_goes_to_readers_before_the_rest_is_decoded() -> None:
+    texts = [f"w{n} " for n in range(50)]
+
+    async def bursts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(answer(claude_burst(texts)))  # the whole answer in one write
+
+    store = build_store(Settings(store="memory"))
+    async with ScriptedUpstream(bursts) as upstream:
+        provider = AnthropicHttpProvider(
+            api_key="sk-test", base_url=f"http://127.0.0.1:{upstream.port}"
+        )
+        manager = StreamManager(
+            log=store.log, cluster=store.cluster, upstreams=Pool.single(provider),
+            models=ModelTable(), retry=RetryPolicy(retries=0, base_delay=0.01, max_delay=0.02),
+            timings=StreamTimings(heartbeat_interval=5),
+        )  # fmt: skip
+        await manager.open()
+        try:
+            stream_id = await start(manager, "a burst")
+            batches = [[e.event for e in batch] async for batch in manager.follow(stream_id, -1)]
+        finally:
+            await manager.aclose()
+            await provider.aclose()
+            await store.aclose()
+    with_text = [[e for e in batch if type(e) is str] for batch in batches]
+    with_text = [batch for batch in with_text if batch]
+    assert with_text[0] == ["w0 "]  # alone: the 49 after it were not yet decoded
+    assert [text for batch in with_text for text in batch] == texts
+    assert type(batches[-1][-1]) is Done
 
 
 # -- memory per token ------------------------------------------------------------------

@@ -369,6 +369,7 @@ class Producer:
         stop_sequence: str | None = None
         started = time.monotonic()
         first_delta: float | None = None  # this attempt's, for the upstream's time to it
+        first_out = True
         meter = self.meter
         model = request.model
         per_token = self._models.output_micro_usd(model) if meter else 0.0
@@ -397,6 +398,11 @@ class Producer:
                         self._attempt_deltas += 1
                         parts.append(delta)
                         await append(sid, delta)  # a text event is the delta itself
+                        if first_out:
+                            # The readers' turn: the first token goes out now, not after
+                            # the rest of the upstream's burst is decoded and appended.
+                            first_out = False
+                            await asyncio.sleep(0)
                     elif isinstance(delta, MessageStart):
                         choice.opened()
                         usage = delta.usage
