@@ -8,6 +8,8 @@ stalls and cuts against `tokenrelay simulate`, beside the official SDK's."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -345,3 +347,105 @@ async def test_a_stream_given_up_closes_its_upstream_connection_at_once(when: st
         await asyncio.wait_for(closed.wait(), 5)
         await client.aclose()
     assert upstream.connections == 1
+
+
+# -- through an egress proxy ------------------------------------------------------------
+
+
+class ConnectProxy:
+    """An HTTP proxy on a free port that opens CONNECT tunnels (or refuses them with
+    `refuse`), counting them and keeping each request's head."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.heads: list[bytes] = []
+        self._refuse = refuse
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        if self._refuse is not None:
+            writer.write(self._refuse)
+            writer.close()
+            return
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self._writers.append(up_writer)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await source.read(65536):
+                    sink.write(chunk)
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_an_https_upstream_is_reached_through_the_environments_proxy_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, server_tls = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    proxy = ConnectProxy()
+    async with ScriptedUpstream(answers_each, tls=server_tls) as upstream, proxy as address:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://gateway:p%40ss@{address}")
+        port = upstream.port
+        client = provider(port, scheme="https", host="localhost")
+        try:
+            assert [await text_of(client) for _ in range(3)] == ["Hello there"] * 3
+        finally:
+            await client.aclose()
+    # One tunnel, kept alive inside for all three; the credentials as the URL gave them.
+    assert proxy.heads == [
+        b"CONNECT localhost:%d HTTP/1.1\r\nhost: localhost:%d\r\n" % (port, port)
+        + b"proxy-authorization: Basic %b\r\n\r\n" % base64.b64encode(b"gateway:p@ss")
+    ]
+    assert upstream.connections == 1
+
+
+async def test_a_host_no_proxy_names_is_reached_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, server_tls = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    proxy = ConnectProxy()
+    async with ScriptedUpstream(answers_each, tls=server_tls) as upstream, proxy as address:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://{address}")
+        client = provider(upstream.port, scheme="https", host="localhost")
+        assert await text_of(client) == "Hello there"
+        await client.aclose()
+    assert proxy.heads == []
+    assert upstream.connections == 1
+
+
+async def test_a_tunnel_the_proxy_refuses_is_a_connection_failure_naming_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, server_tls = self_signed(tmp_path)
+    proxy = ConnectProxy(refuse=b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    async with ScriptedUpstream(answers_each, tls=server_tls) as upstream, proxy as address:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://{address}")
+        client = provider(upstream.port, scheme="https", host="localhost")
+        with pytest.raises(UpstreamIncomplete) as failed:
+            await text_of(client)
+        await client.aclose()
+    assert str(failed.value) == (
+        "upstream connection failed: no connection (ConnectionRefusedError: the proxy "
+        "refused the tunnel: HTTP/1.1 407 Proxy Authentication Required)"
+    )
+    assert upstream.connections == 0

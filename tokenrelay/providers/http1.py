@@ -17,17 +17,20 @@ What it keeps of a production client:
     while an answer is awaited or read, raised as `TimeoutError`: one watch per client
     looks over the connections in use a few times per `stall_timeout`, so a request
     sets no timer of its own and a read moves none;
-  - TLS for `https` upstreams, verified against the system's trust store;
+  - TLS for `https` upstreams, verified against the system's trust store, through the
+    `HTTPS_PROXY` of the environment (a CONNECT tunnel) unless `NO_PROXY` names the host;
   - a slow reader pauses the socket rather than letting the body pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -80,6 +83,7 @@ class Client:
         self._busy: set[_Connection] = set()
         self._watch: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
+        self._proxy = _proxy_for(self.host) if self._tls else None
         # Oldest first: a request takes the newest, the sweep closes the oldest.
         self._idle: list[_Connection] = []
         self._sweep: asyncio.TimerHandle | None = None
@@ -108,6 +112,8 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
+                if self._proxy is not None:
+                    return await self._tunnel(*self._proxy)
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self),
                     self.host,
@@ -119,6 +125,32 @@ class Client:
             raise
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"no connection ({type(exc).__name__}: {exc})") from None
+        return conn
+
+    async def _tunnel(self, host: str, port: int, authorization: str | None) -> _Connection:
+        """A connection through an HTTP proxy's CONNECT tunnel, TLS inside it."""
+        loop = asyncio.get_running_loop()
+        raw, opening = await loop.create_connection(_TunnelOpening, host, port)
+        try:
+            target = f"{self.host}:{self.port}"
+            head = f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n"
+            if authorization is not None:
+                head += f"proxy-authorization: {authorization}\r\n"
+            raw.write(head.encode("latin-1") + b"\r\n")
+            answer = await opening.answer
+            if answer.split(b" ", 2)[1:2] != [b"200"]:
+                line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+                raise ConnectionRefusedError(f"the proxy refused the tunnel: {line}")
+            conn = _Connection(self)
+            transport = await loop.start_tls(
+                raw, conn, cast(ssl.SSLContext, self._ssl), server_hostname=self.host
+            )
+        except BaseException:
+            raw.abort()
+            raise
+        if transport is None:  # only for a transport that is not a socket's
+            raise ConnectionError("TLS could not start in the tunnel")
+        conn.connection_made(transport)
         return conn
 
     def _watching(self, conn: _Connection) -> None:
@@ -168,6 +200,38 @@ class Client:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _proxy_for(host: str) -> tuple[str, int, str | None] | None:
+    """(host, port, Proxy-Authorization) of the environment's HTTPS proxy for `host`."""
+    url = urllib.request.getproxies_environment().get("https")
+    if not url or urllib.request.proxy_bypass(host):  # NO_PROXY
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"HTTPS_PROXY must be an http:// URL: {url!r}")
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(credentials).decode()
+    return parts.hostname, parts.port or 80, authorization
+
+
+class _TunnelOpening(asyncio.Protocol):
+    """A proxy's answer to CONNECT: its head, up to the blank line."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        if b"\r\n\r\n" in self._received and not self.answer.done():
+            self.answer.set_result(self._received)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionResetError("the proxy closed the connection"))
 
 
 class _Stale(Exception):
