@@ -318,10 +318,11 @@ async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() 
 @pytest.mark.parametrize("when", ["before the headers", "mid-body"])
 async def test_a_stream_given_up_closes_its_upstream_connection_at_once(when: str) -> None:
     # Else the upstream would go on generating, and billing, for no one.
-    closed = asyncio.Event()
+    closed, asked = asyncio.Event(), asyncio.Event()
 
     async def hangs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
+        assert await read_request(reader) is not None
+        asked.set()
         if when == "mid-body":
             whole = answer()
             writer.write(whole[: whole.index(b"event: content_block_stop")])
@@ -340,7 +341,7 @@ async def test_a_stream_given_up_closes_its_upstream_connection_at_once(when: st
         if when == "mid-body":
             await first.wait()
         else:
-            await asyncio.sleep(0.1)
+            await asked.wait()  # the request is out; no answer's byte has come
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -45,8 +45,8 @@ class ConnectError(ConnectionError):
     """No connection could be made to the upstream (refused, unresolvable, TLS)."""
 
 
-class Headers(dict[str, str]):
-    """An answer's headers, names lower-cased (HTTP names are case-insensitive)."""
+# An answer's headers, names lower-cased (HTTP names are case-insensitive).
+Headers = dict[str, str]
 
 
 class Head:
@@ -345,10 +345,10 @@ class _Connection(asyncio.Protocol):
             self.close()
             raise
         status = self._parser.get_status_code()
-        headers = Headers(
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
+        headers: Headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in self._raw_headers
-        )
+        }
         self.reused = True
         return Response(self, status, headers)
 
