@@ -2,8 +2,9 @@
 regression fails here (the stream core's counts are tests/test_hot_path.py's).
 
 - The streaming routes start a stream without FastAPI's per-request parameter solver,
-  and past the rest of its stack (the direct lane); a request whose parameters need
-  its validation still gets it, and its error word for word.
+  and past the rest of its stack (the direct lane: the app's own middleware only); a
+  request whose parameters need its validation still gets it, and its error word for
+  word.
 - An error on the direct lane is rendered by the app's own handlers; a bug is a 500 in
   Claude's shape with the request's id on it, on the lane or off it.
 - The middleware chain sees an SSE response's start, none of its body chunks.
@@ -20,6 +21,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Route
 from starlette.types import Message
@@ -47,16 +49,12 @@ async def test_streams_start_without_fastapis_parameter_solver(
         return await solve(*args, **kwargs)
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
-    # What goes on down the stack past the direct lane: the exception middleware is the
-    # first layer below it.
+    # What goes through FastAPI's own stack, past the direct lane: the server-error
+    # middleware is its outermost layer, the exception middleware its innermost.
+    entered: list[str] = []
     below: list[str] = []
-    exceptions = ExceptionMiddleware.__call__
-
-    async def passed(self: ExceptionMiddleware, scope: Any, receive: Any, send: Any) -> None:
-        below.append(scope["path"])
-        await exceptions(self, scope, receive, send)
-
-    monkeypatch.setattr(ExceptionMiddleware, "__call__", passed)
+    for layer, seen in ((ServerErrorMiddleware, entered), (ExceptionMiddleware, below)):
+        monkeypatch.setattr(layer, "__call__", _counting(layer.__call__, seen))
     port = free_port()
     config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1)
     prompt = "Direct route [[sim:tokens=4]]"
@@ -82,7 +80,7 @@ async def test_streams_start_without_fastapis_parameter_solver(
                   "messages": [{"role": "user", "content": prompt}]},
         )  # fmt: skip
         assert openai_chat.status_code == 200 and openai_chat.text.endswith("[DONE]\n\n")
-        assert solved == [] and below == []
+        assert solved == [] and entered == [] and below == []
         # A header over its limit: FastAPI's validation, and its error, as before.
         too_long = await client.post(
             "/api/stream-response",
@@ -99,7 +97,15 @@ async def test_streams_start_without_fastapis_parameter_solver(
         again = await client.get(f"/api/streams/{stream_id}", params={"after": 1})
         assert again.status_code == 200 and again.text.count('{"token":') == 3  # seq 2 on
         assert solved == ["/api/stream-response", f"/api/streams/{stream_id}"]
-        assert below == solved
+        assert entered == below == solved
+
+
+def _counting(call: Any, seen: list[str]) -> Any:
+    async def counted(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await call(self, scope, receive, send)
+
+    return counted
 
 
 async def test_an_error_in_the_direct_lane_is_rendered_by_the_apps_handlers(

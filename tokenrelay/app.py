@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
-from starlette.middleware import Middleware
 
 from tokenrelay import __version__, middleware
 from tokenrelay.config import Settings
@@ -32,7 +31,6 @@ from tokenrelay.routes import (
     usage,
     web,
 )
-from tokenrelay.routes.direct import DirectLane
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -78,7 +76,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         # FastAPI's own OpenTelemetry spans would record a request's query string (an
         # EventSource stream's prompt): the gateway's spans are observability/tracing.py's.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        middleware=[*middleware.stack(settings), Middleware(DirectLane)],
+        middleware=middleware.stack(settings),
     )
     errors.install(app)
     openapi.install(app, sorted(prepared.models.models), prepared.validator.limits)

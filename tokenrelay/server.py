@@ -32,13 +32,12 @@ from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenrelay.app import create_app, gateway_of
 from tokenrelay.config import Settings
 from tokenrelay.middleware.access_log import AccessLog
 from tokenrelay.observability.log import configure_logging, default_format, log_event
-from tokenrelay.routes.sse import SERVER_SEND
+from tokenrelay.routes.direct import DirectLane
 
 log = logging.getLogger("tokenrelay.server")
 
@@ -103,8 +102,8 @@ async def run(
         except Exception as exc:
             log.exception("startup_failed", exc_info=exc)
             raise StartupFailed from exc
-        server = _server(_with_server_send(AccessLog(app) if settings.access_log else app),
-                         settings)  # fmt: skip
+        lane = DirectLane(app)
+        server = _server(AccessLog(lane) if settings.access_log else lane, settings)
         if started is not None:
             server.on_startup(started.set)
         serving = asyncio.create_task(server.serve(), name="http-server")
@@ -154,16 +153,6 @@ def _refuse_a_port_in_use(host: str, port: int) -> None:
                 error=exc.strerror or type(exc).__name__,
             )  # fmt: skip
             raise StartupFailed from exc
-
-
-def _with_server_send(app: ASGIApp) -> ASGIApp:
-    """`app`, with the server's own `send` in each scope, for the SSE bodies."""
-
-    async def with_server_send(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[SERVER_SEND] = send
-        await app(scope, receive, send)
-
-    return with_server_send
 
 
 def _server(app: object, settings: Settings) -> Server:
