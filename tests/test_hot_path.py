@@ -49,6 +49,7 @@ from tokenrelay.dialects.base import Dialect
 from tokenrelay.dialects.openai import ChatChunks
 from tokenrelay.dialects.tokens import TokensDialect
 from tokenrelay.events import Done, Event, Start
+from tokenrelay.observability.log import FLUSH_AFTER_S
 from tokenrelay.pricing import ModelTable
 from tokenrelay.providers.anthropic_http import AnthropicHttpProvider
 from tokenrelay.providers.base import GenerationRequest
@@ -209,12 +210,13 @@ async def test_a_reader_that_fell_behind_gets_what_it_missed_in_one_write(
     await asyncio.wait_for(response, 10)
 
     kinds = [m["type"] for m in sends]
-    assert kinds == ["http.response.start"] + ["http.response.body"] * 3
-    first, missed, last = (m["body"] for m in sends[1:])
+    assert kinds == ["http.response.start"] + ["http.response.body"] * 2
+    first, missed = (m["body"] for m in sends[1:])
     assert first.count(b"data: ") == 1  # the start event, all there was
     assert missed.count(b"data: ") == 151  # the 150 tokens and the done event, one write
     assert all(b'data: {"token":"t%d "}\n' % n in missed for n in range(150))
-    assert last == b"" and sends[-1]["more_body"] is False
+    # ... which ends the response too: no empty write after it.
+    assert [m["more_body"] for m in sends[1:]] == [True, False]
 
 
 # -- the first token of a burst ------------------------------------------------------
@@ -363,6 +365,9 @@ async def test_sequential_streams_reuse_one_upstream_connection() -> None:
 # -- no log line per token -------------------------------------------------------------
 
 
+DEFAULT_FLUSH = {"ANTHROPIC_API_KEY": "test", "TOKENRELAY_LOG_FLUSH_MS": str(FLUSH_AFTER_S * 1000)}
+
+
 def test_a_debug_level_gateway_logs_no_line_per_token(tmp_path: Path) -> None:
     sim_port, gw_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{sim_port}"
@@ -373,7 +378,8 @@ def test_a_debug_level_gateway_logs_no_line_per_token(tmp_path: Path) -> None:
     sim = ["simulate", "--port", str(sim_port), "--ttft-ms", "0", "--tps", "0"]
     with (
         spawn(sim, f"{upstream}/healthz"),
-        spawn(serve, f"{gw}/readyz", env={"ANTHROPIC_API_KEY": "test"}, log_path=log_path),
+        # The log flushed as by default (spawn's is at every turn of the loop).
+        spawn(serve, f"{gw}/readyz", env=DEFAULT_FLUSH, log_path=log_path),
         httpx.Client(base_url=gw, timeout=30) as client,
     ):
 
@@ -486,8 +492,8 @@ async def test_a_loaded_loop_gathers_a_readers_tokens_and_never_holds_the_first_
 ) -> None:
     # At ease, every token is its own write, the moment it arrives.
     calm = await _writes_of_a_paced_stream(manager, 10)
-    assert len(calm) == 1 + 10 + 1 + 1  # the start, each token, the done event, the end
-    assert [body.count(b"data: ") for body in calm] == [1] * 12 + [0]
+    assert len(calm) == 1 + 10 + 1  # the start, each token, the done event (and the end)
+    assert [body.count(b"data: ") for body in calm] == [1] * 12
     # Behind (held there: the monitor stopped), with a window longer than the test may
     # take: the first token goes at once, the rest gather until the stream ends, whose
     # end releases them without waiting out the window.
@@ -495,15 +501,14 @@ async def test_a_loaded_loop_gathers_a_readers_tokens_and_never_holds_the_first_
     manager.loop_lag.behind = True
     monkeypatch.setattr("tokenrelay.streams.readers.WRITE_WINDOW_S", 60.0)
     loaded = await _writes_of_a_paced_stream(manager, 10)
-    assert len(loaded) == 1 + 1 + 1 + 1
-    start, first, rest, end = loaded
+    assert len(loaded) == 1 + 1 + 1
+    start, first, rest = loaded
     assert start.count(b"data: ") == 1 and b'"stream_id"' in start
     assert first.count(b"data: ") == 1 and b'{"token":"t0 "}' in first
     assert rest.count(b"data: ") == 10 and b'"done":true' in rest  # t1..t9 and done
     assert b"".join(calm).replace(b"\n", b"").count(b'{"token":') == 10
     tokens_of = [b'{"token":"t%d "}' % n for n in range(10)]
     assert [t for t in tokens_of if t in first + rest] == tokens_of  # every one, once
-    assert end == b""
 
 
 async def test_the_loop_lag_monitor_tells_a_blocked_loop_from_an_idle_one() -> None:

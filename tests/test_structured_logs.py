@@ -9,8 +9,11 @@ import asyncio
 import io
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,14 @@ from tests.support import (
     start,
     unique,
 )
-from tokenrelay.observability.log import JsonLines, LineHandler, line_formatter, log_event
+from tokenrelay.observability.log import (
+    FLUSH_AFTER_S,
+    MAX_HELD,
+    JsonLines,
+    LineHandler,
+    line_formatter,
+    log_event,
+)
 from tokenrelay.usage import migrate
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -209,9 +219,11 @@ class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.flushes = self.writes = 0
+        self.written = asyncio.Event()
 
     def write(self, text: str) -> int:
         self.writes += 1
+        self.written.set()
         return super().write(text)
 
     def flush(self) -> None:
@@ -219,8 +231,10 @@ class CountingStream(io.StringIO):
         super().flush()
 
 
-def _logger_to(stream: io.StringIO) -> tuple[logging.Logger, LineHandler]:
-    handler = LineHandler(stream)
+def _logger_to(
+    stream: io.StringIO, flush_after: float = FLUSH_AFTER_S
+) -> tuple[logging.Logger, LineHandler]:
+    handler = LineHandler(stream, flush_after=flush_after)
     handler.setFormatter(line_formatter("json"))
     log = logging.getLogger(f"tokenrelay.test.{unique('lines')}")
     log.propagate = False
@@ -229,9 +243,17 @@ def _logger_to(stream: io.StringIO) -> tuple[logging.Logger, LineHandler]:
     return log, handler
 
 
-async def test_lines_logged_in_one_turn_of_the_loop_are_written_once_in_order() -> None:
+async def _until_written(stream: CountingStream, writes: int) -> None:
+    async with asyncio.timeout(10):
+        while stream.writes < writes:
+            stream.written.clear()
+            await stream.written.wait()
+
+
+async def test_lines_held_are_written_once_in_order_after_a_twentieth_of_a_second() -> None:
     """Held by the handler, not the stream (whose buffer `PYTHONUNBUFFERED=1` removes):
-    one write and one flush for the turn's lines, a record's among them in its place."""
+    one write and one flush for the lines of `FLUSH_AFTER_S`, a record's among them in
+    its place; none before the loop has run the flush."""
     stream = CountingStream()
     log, handler = _logger_to(stream)
     try:
@@ -239,21 +261,106 @@ async def test_lines_logged_in_one_turn_of_the_loop_are_written_once_in_order() 
             log_event(log, "line", n=n)
             if n == 2:
                 log.info("a record's line")  # formatted by the chain, not the fast path
+        for _ in range(3):
+            await asyncio.sleep(0)  # turns of the loop end: the lines wait
         assert (stream.writes, stream.flushes, stream.getvalue()) == (0, 0, "")
-        await asyncio.sleep(0)  # the loop's turn ends
+        await _until_written(stream, 1)
         assert (stream.writes, stream.flushes) == (1, 1)
         lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
         assert [line.get("n", line["event"]) for line in lines] == [
             0, 1, 2, "a record's line", 3, 4,
         ]  # fmt: skip
         log_event(log, "line", n=5)
-        await asyncio.sleep(0)
+        await _until_written(stream, 2)
         assert (stream.writes, stream.flushes) == (2, 2)
         assert orjson.loads(stream.getvalue().splitlines()[-1])["n"] == 5
-        await asyncio.sleep(0)
+        await asyncio.sleep(FLUSH_AFTER_S * 2)
         assert (stream.writes, stream.flushes) == (2, 2)  # nothing more: no write
     finally:
         log.removeHandler(handler)
+
+
+async def test_a_held_line_is_made_as_it_was_when_logged() -> None:
+    """Its fields, the context's variables and the time are those of the `log_event`,
+    though the line is made when it is written."""
+    stream = CountingStream()
+    log, handler = _logger_to(stream, flush_after=3600)
+    clear_contextvars()
+    try:
+        bind_contextvars(request_id="req-then", stream_id="s-then")
+        log_event(log, "line", n=1, stream_id="s-own")
+        logged_by = datetime.now(UTC)
+        bind_contextvars(request_id="req-now")
+        clear_contextvars()
+        await asyncio.sleep(0.01)
+        handler.flush()
+    finally:
+        clear_contextvars()
+        log.removeHandler(handler)
+    line = orjson.loads(stream.getvalue())
+    at = datetime.fromisoformat(line.pop("timestamp"))
+    assert at <= logged_by
+    assert list(line.items()) == [
+        ("event", "line"), ("n", 1), ("stream_id", "s-own"), ("request_id", "req-then"),
+        ("level", "info"), ("logger", log.name),
+    ]  # fmt: skip
+
+
+async def test_a_thousand_held_lines_are_written_at_once() -> None:
+    stream = CountingStream()
+    log, handler = _logger_to(stream, flush_after=3600)
+    try:
+        for n in range(MAX_HELD - 1):
+            log_event(log, "line", n=n)
+        assert stream.writes == 0
+        log_event(log, "line", n=MAX_HELD - 1)
+        assert (stream.writes, stream.flushes) == (1, 1)
+        assert [orjson.loads(line)["n"] for line in stream.getvalue().splitlines()] == list(
+            range(MAX_HELD)
+        )
+    finally:
+        log.removeHandler(handler)
+
+
+def test_lines_held_for_a_loop_that_ended_go_out_with_the_next_line() -> None:
+    """Their flush was asked of a loop that will not run it: the next line, from
+    another loop, writes them first."""
+    stream = CountingStream()
+    log, handler = _logger_to(stream, flush_after=3600)
+
+    async def line(n: int) -> None:
+        log_event(log, "line", n=n)
+
+    try:
+        asyncio.run(line(0))
+        assert stream.writes == 0
+        asyncio.run(line(1))
+        assert stream.writes == 1
+        handler.flush()
+        assert [orjson.loads(line)["n"] for line in stream.getvalue().splitlines()] == [0, 1]
+    finally:
+        log.removeHandler(handler)
+
+
+def test_lines_held_when_the_process_exits_are_written() -> None:
+    """Even after a `dictConfig` (granian makes one as it starts), which takes every
+    handler made before it off the list `logging` flushes at exit."""
+    program = """
+import asyncio, logging, logging.config, sys
+from tokenrelay.observability.log import configure_logging, log_event
+configure_logging("json", "info", sys.stdout)
+logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+async def main():
+    for n in range(3):
+        log_event(logging.getLogger("tokenrelay.exit"), "held", n=n)
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert [(line["event"], line["n"]) for line in log_lines(done.stdout)] == [
+        ("held", 0), ("held", 1), ("held", 2),
+    ]  # fmt: skip
 
 
 def test_outside_a_running_loop_each_line_is_flushed_at_once() -> None:

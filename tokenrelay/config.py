@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    # How long a log line may wait, in ms, for the lines after it to be written with
+    # it (one write); 0: at the end of the event loop's turn. A crash loses this much.
+    log_flush_ms: float = Field(default=50, ge=0, le=1000)
     # /metrics: on the main port (0), or on a port of its own, e.g. one that is not
     # published; then on `metrics_host` (default: `host`), and not on the main port.
     metrics_port: int = 0

@@ -50,7 +50,11 @@ STOP_TIMEOUT_S = 5.0
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT; logs go to stdout, one event a line."""
-    configure_logging(settings.log_format or default_format(sys.stdout), settings.log_level)
+    configure_logging(
+        settings.log_format or default_format(sys.stdout),
+        settings.log_level,
+        flush_after=settings.log_flush_ms / 1000,
+    )
     # Alembic announces each of its plugins at start; the migration itself is worth a line.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     app = create_app(settings)

@@ -66,10 +66,15 @@ def spawn(
     `log_path`.
 
     The usage ledger goes to a fresh SQLite file of its own unless `env` names one:
-    the cwd is the repository by default, and its `tokenrelay.db` must not land there."""
+    the cwd is the repository by default, and its `tokenrelay.db` must not land there.
+    Log lines are written at the end of each turn of the loop unless `env` says."""
     with tempfile.TemporaryDirectory(prefix="tokenrelay-ledger-") as ledger_dir:
         ledger = {"TOKENRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{ledger_dir}/usage.db"}
-        with _spawn(args, ready_url, {**ledger, **(env or {})}, log_path, verify, cwd) as proc:
+        # The tests read a gateway's log right after what it logs: its lines at the end
+        # of each turn of its loop, unless `env` says otherwise (the default, 50 ms, is
+        # tested on its own: tests/test_structured_logs.py).
+        default = {**ledger, "TOKENRELAY_LOG_FLUSH_MS": "0"}
+        with _spawn(args, ready_url, {**default, **(env or {})}, log_path, verify, cwd) as proc:
             yield proc
 
 

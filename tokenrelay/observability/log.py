@@ -17,16 +17,19 @@ field: lengths only.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import contextvars
 import logging
 import sys
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from time import time
+from typing import Any, Literal, NamedTuple, TextIO, cast
 
 import orjson
 import structlog
-from structlog.contextvars import get_contextvars, merge_contextvars
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX, merge_contextvars
 from structlog.stdlib import ProcessorFormatter, add_log_level, add_logger_name
 
 LogFormat = Literal["json", "console"]
@@ -34,6 +37,13 @@ LogFormat = Literal["json", "console"]
 # A `log_event`'s record carries the event's name and fields as attributes too (`event`,
 # `fields`), for whoever reads records rather than lines (a test's caplog).
 FIELDS = "fields"
+
+# How long a line may wait to be written: a write is a `write(2)` that lets go of the
+# GIL, and a line made at once is made amid a request's work, where it costs five
+# times what it does among other lines (docs/benchmarks.md). Lines held longer than
+# this, or this many, are written; so are they all when the process exits.
+FLUSH_AFTER_S = 0.05
+MAX_HELD = 1000
 
 
 def log_event(
@@ -48,7 +58,7 @@ def log_event(
     if logger.isEnabledFor(level):
         handler = None if exc_info else _only_line_handler(logger, level)
         if handler is not None:
-            handler.write_line(json_line(event, fields, logging.getLevelName(level), logger.name))
+            handler.hold_event(event, fields, logging.getLevelName(level), logger.name)
             return
         # Made here rather than by `logger.log`, which walks the stack for the caller's
         # file and line: no line shows them.
@@ -89,11 +99,18 @@ def default_format(stream: TextIO) -> LogFormat:
     return "console" if stream.isatty() else "json"
 
 
-def configure_logging(fmt: LogFormat, level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    fmt: LogFormat,
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    flush_after: float = FLUSH_AFTER_S,
+) -> None:
     """Send every log record of the process, at `level` and above, to `stream`
-    (stdout) as `fmt`: one JSON object a line, or structlog's console lines."""
+    (stdout) as `fmt`: one JSON object a line, or structlog's console lines, each
+    written at most `flush_after` seconds after it was logged (`LineHandler`)."""
     out = stream or sys.stdout
-    handler = LineHandler(out)
+    handler = LineHandler(out, flush_after=flush_after)
     handler.setFormatter(line_formatter(fmt, colors=out.isatty()))
     # No line shows a record's thread or process: not looked up for each one (the
     # logging HOWTO's "Optimization").
@@ -119,21 +136,50 @@ def configure_logging(fmt: LogFormat, level: str = "info", stream: TextIO | None
 TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
+@atexit.register
+def _write_held_lines() -> None:
+    # Not left to `logging.shutdown`: a `dictConfig` (granian's, at its start) takes
+    # every handler made before it off the list that flushes at exit.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LineHandler):
+            handler.flush()
+
+
+class _Event(NamedTuple):
+    """A `log_event`'s line, not made yet: what it is made of, as it was when logged."""
+
+    event: str
+    fields: dict[str, Any]
+    level_name: str
+    logger_name: str
+    context: contextvars.Context
+    at: float
+
+    def line(self) -> str:
+        return json_line(
+            self.event, self.fields, self.level_name, self.logger_name, self.context, self.at
+        )
+
+
 class LineHandler(logging.StreamHandler[TextIO]):
-    """A `StreamHandler` that writes once per turn of the event loop, not once a line.
+    """A `StreamHandler` that writes the lines of a twentieth of a second at once.
 
-    Why: a stream logs three lines, and a write to the stream is a `write(2)` that
-    lets go of the GIL, for the server's own threads to take: at 50 streams at once
-    the flush per line was a fifth of the loop thread's time per request
-    (docs/benchmarks.md). The lines a turn of the loop logs are kept here and go out
-    together, in order, in one write when it ends: kept here rather than in the
-    stream's buffer, which `PYTHONUNBUFFERED=1` (set in many container images) turns
-    into a write per line. Outside a running loop (starting, stopping, another
-    thread) a line is written and flushed at once."""
+    Why: a stream logs three lines, and writing each as it comes was a tenth of what a
+    request cost the event loop at one stream (docs/benchmarks.md): the write lets go
+    of the GIL, for the server's own threads to take, and the line is made in the
+    middle of the request's work. A `log_event`'s line (`hold_event`) is made when it
+    is written, from what it was at the time: its fields, the context's variables, the
+    clock. The lines are kept here rather than in the stream's buffer, which
+    `PYTHONUNBUFFERED=1` (set in many container images) turns into a write per line;
+    they go out together, in order, `flush_after` seconds after the first of them (0:
+    at the end of the loop's turn), in one write. Outside a running loop (starting, stopping, another thread) a line is
+    written and flushed at once, after those held."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, flush_after: float = FLUSH_AFTER_S) -> None:
         super().__init__(stream)
-        self._pending: list[str] = []
+        self.flush_after = flush_after
+        self._held: list[str | _Event] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one asked to flush them
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -141,30 +187,52 @@ class LineHandler(logging.StreamHandler[TextIO]):
         except Exception:  # as `StreamHandler.emit` does: a line must not fail its caller
             self.handleError(record)
             return
-        self.write_line(line)
+        self._hold(line)
 
-    def write_line(self, line: str) -> None:
-        """Write a formatted line: at the end of this turn of the loop, or now."""
+    def hold_event(self, event: str, fields: dict[str, Any], level_name: str, name: str) -> None:
+        """A `log_event`'s line, to be made when it is written."""
+        self._hold(_Event(event, fields, level_name, name, contextvars.copy_context(), time()))
+
+    def _hold(self, item: str | _Event) -> None:
         with self.lock or contextlib.nullcontext():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self._write(line + self.terminator)
+                self._held.append(item)
+                self._write_held()
                 return
-            if not self._pending:
-                loop.call_soon(self.flush)
-            self._pending.append(line)
+            if self._held and loop is not self._loop:
+                self._write_held()  # their flush was asked of a loop that may never run it
+            if not self._held:
+                self._loop = loop
+                if self.flush_after:
+                    loop.call_later(self.flush_after, self.flush)
+                else:
+                    loop.call_soon(self.flush)
+            self._held.append(item)
+            if len(self._held) >= MAX_HELD:
+                self._write_held()
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
-            if self._pending:
-                lines, self._pending = self._pending, []
-                lines.append("")  # for the last line's terminator
-                self._write(self.terminator.join(lines))
+            if self._held:
+                self._write_held()
             else:
                 super().flush()
 
-    def _write(self, text: str) -> None:
+    def _write_held(self) -> None:
+        held, self._held = self._held, []
+        lines: list[str] = []
+        for item in held:
+            if type(item) is str:
+                lines.append(item)
+                continue
+            try:
+                lines.append(cast(_Event, item).line())
+            except Exception:  # as `emit` does: one line's failure is not the others'
+                self.handleError(logging.makeLogRecord({"msg": cast(_Event, item).event}))
+        lines.append("")  # for the last line's terminator
+        text = self.terminator.join(lines)
         try:
             self.stream.write(text)
             super().flush()
@@ -206,19 +274,34 @@ class JsonLines(logging.Formatter):
         return json_line(record.getMessage(), fields, record.levelname, record.name)
 
 
-def json_line(event: str, fields: dict[str, Any], level_name: str, logger_name: str) -> str:
-    """A `log_event`'s JSON line: the keys in the order structlog's chain puts them."""
+def json_line(
+    event: str,
+    fields: dict[str, Any],
+    level_name: str,
+    logger_name: str,
+    context: contextvars.Context | None = None,
+    at: float | None = None,
+) -> str:
+    """A `log_event`'s JSON line, the keys in the order structlog's chain puts them: with
+    the variables of `context` (else the current one's) and the time `at` (else now)."""
     line: dict[str, Any] = {"event": event}
     for key, value in fields.items():
         if value is not None:
             line[key] = value
-    for key, value in get_contextvars().items():
-        line.setdefault(key, value)
+    # As structlog's `get_contextvars`, in the same order.
+    context = contextvars.copy_context() if context is None else context
+    for var, value in context.items():
+        name = var.name
+        if value is not Ellipsis and name.startswith(STRUCTLOG_KEY_PREFIX):
+            line.setdefault(name[_PREFIX_LEN:], value)
     line["level"] = level_name.lower()
     line["logger"] = logger_name
     # orjson writes a datetime as TimeStamper(fmt="iso", utc=True) does, in C.
-    line["timestamp"] = datetime.now(tz=UTC)
+    line["timestamp"] = datetime.now(tz=UTC) if at is None else datetime.fromtimestamp(at, UTC)
     return orjson.dumps(line, default=str, option=LINE_OPTIONS).decode()
+
+
+_PREFIX_LEN = len(STRUCTLOG_KEY_PREFIX)
 
 
 def _event_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:

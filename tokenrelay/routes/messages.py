@@ -15,7 +15,6 @@ producer would restart it, it ends it with an `overloaded_error` instead.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, cast
 
@@ -40,7 +39,7 @@ from tokenrelay.models_list import model_info, models_page
 from tokenrelay.routes.deps import Caller, GatewayDep
 from tokenrelay.routes.direct import DirectRoute
 from tokenrelay.routes.openapi import CLAUDE_MESSAGE_OK, CLAUDE_SSE_OK, errors
-from tokenrelay.routes.sse import SSEResponse, stream_frames
+from tokenrelay.routes.sse import Followed, SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
     Started,
     cache_allowed,
@@ -96,9 +95,11 @@ async def create_message(
 
 async def _streamed(gw: Gateway, started: Started, headers: dict[str, str]) -> SSEResponse:
     stream_id = started.stream_id
-    dialect = await _dialect_when_answering(gw, stream_id, -1, headers)
+    dialect, followed = await _dialect_when_answering(gw, stream_id, -1, headers)
     bind_contextvars(stream_id=stream_id)  # the rest of the request's lines are the stream's
-    frames = stream_frames(gw.manager, stream_id, -1, dialect, started.first_text, started.delivery)
+    frames = stream_frames(
+        gw.manager, stream_id, -1, dialect, started.first_text, started.delivery, followed
+    )
     return SSEResponse(_to_its_end(frames, dialect), headers)
 
 
@@ -134,34 +135,38 @@ async def resume_message_stream(
     after = -1 if after is None else after
     trace = await resume_delivery(gw, caller, stream_id, after, request.headers)
     headers = stream_headers(gw, stream_id)
-    dialect = await _dialect_when_answering(gw, stream_id, after, headers)
+    dialect, followed = await _dialect_when_answering(gw, stream_id, after, headers)
     bind_contextvars(stream_id=stream_id)
-    frames = stream_frames(gw.manager, stream_id, -1, dialect, trace=trace)
+    frames = stream_frames(gw.manager, stream_id, -1, dialect, trace=trace, followed=followed)
     return SSEResponse(_to_its_end(frames, dialect), headers)
 
 
 async def _dialect_when_answering(
     gw: Gateway, stream_id: str, after: int, headers: dict[str, str]
-) -> AnthropicDialect:
-    """Wait until the stream's answer has begun (or the stream has ended), and the
-    dialect to render it in; raises the HTTP error of a stream that failed first."""
+) -> tuple[AnthropicDialect, Followed]:
+    """Wait until the stream's answer has begun (or the stream has ended): the dialect
+    to render it in, and the stream as followed so far; raises the HTTP error of a
+    stream that failed first."""
     head: list[Entry] = []
-    follow = cast(AsyncGenerator[list[Entry], None], gw.manager.follow(stream_id, -1))
-    async with contextlib.aclosing(follow) as batches:
+    batches = cast(AsyncGenerator[list[Entry], None], gw.manager.follow(stream_id, -1))
+    try:
         async for batch in batches:
             head += batch
             if (batch and batch[-1].terminal) or any(type(e.event) in ANSWER_TYPES for e in batch):
                 break
-    failed = failure_before_answer(head)
-    if failed is not None:
-        failed.headers.update(headers)
-        raise failed
-    if not head or not (head[-1].terminal or any(type(e.event) in ANSWER_TYPES for e in head)):
-        raise Overloaded(ENDED_EARLY, retry_after=1)  # this instance shuts down
-    meta = await gw.manager.log.meta(stream_id)
-    if meta is None:
-        raise StreamNotFound(f"No stream {stream_id!r}: unknown, expired, or not yours")
-    return AnthropicDialect(stream_id, after=after, opening=meta.opening)
+        failed = failure_before_answer(head)
+        if failed is not None:
+            failed.headers.update(headers)
+            raise failed
+        if not head or not (head[-1].terminal or any(type(e.event) in ANSWER_TYPES for e in head)):
+            raise Overloaded(ENDED_EARLY, retry_after=1)  # this instance shuts down
+        meta = await gw.manager.log.meta(stream_id)
+        if meta is None:
+            raise StreamNotFound(f"No stream {stream_id!r}: unknown, expired, or not yours")
+    except BaseException:
+        await batches.aclose()
+        raise
+    return AnthropicDialect(stream_id, after=after, opening=meta.opening), Followed(head, batches)
 
 
 def _raise_unless_done(entries: list[Entry], headers: dict[str, str]) -> None:

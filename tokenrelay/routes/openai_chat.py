@@ -38,7 +38,7 @@ from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import GatewayDep, authenticate
 from tokenrelay.routes.direct import DirectRoute
 from tokenrelay.routes.openai_schema import REQUEST_BODY, responses
-from tokenrelay.routes.sse import SSEResponse, stream_frames
+from tokenrelay.routes.sse import Last, SSEResponse, stream_frames
 from tokenrelay.routes.streaming import (
     Started,
     cache_allowed,
@@ -113,7 +113,10 @@ async def _streamed(
     if not dialect.shown and dialect.failure is not None:
         await _close(frames)
         return error_response(dialect.failure, headers)
-    return SSEResponse(_chunks(b"".join(held), frames, dialect), headers)
+    first = b"".join(held)
+    if held and type(held[-1]) is Last:  # the whole answer came: it ends the response
+        first = Last(first)
+    return SSEResponse(_chunks(first, frames, dialect), headers)
 
 
 async def _chunks(

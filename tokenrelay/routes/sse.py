@@ -15,7 +15,8 @@ other by `uncancel()`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import NamedTuple, cast
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -25,9 +26,10 @@ from tokenrelay.errors import GatewayError, Overloaded
 from tokenrelay.events import Text
 from tokenrelay.observability import telemetry
 from tokenrelay.observability.tracing import NO_DELIVERY, Delivery
+from tokenrelay.streams.log import Entry
 from tokenrelay.streams.manager import StreamManager
 
-# Where the server's own `send` waits in the scope (`server.py` puts it there). The
+# Where the server's own `send` waits in the scope (`DirectLane` puts it there). The
 # response's start goes through the middleware chain, whose layers add headers to it;
 # every body chunk goes straight to the server: no layer touches one (see
 # `middleware/__init__.py`), and past them a write is one call, not five.
@@ -38,6 +40,11 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+class Last(bytes):
+    """A stream's last chunk: the response ends with it, in the same write (a message
+    to the server less, a hand-over to its thread less)."""
 
 
 class SSEResponse(Response):
@@ -67,6 +74,9 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
             async for chunk in self._frames:
+                if type(chunk) is Last:
+                    await write({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return
                 await write({"type": "http.response.body", "body": chunk, "more_body": True})
             await write({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -84,6 +94,13 @@ async def _close_frames(frames: AsyncIterator[bytes]) -> None:
         await aclose()
 
 
+class Followed(NamedTuple):
+    """A stream already followed: the entries read so far (one batch), and the rest."""
+
+    head: list[Entry]
+    rest: AsyncGenerator[list[Entry], None]
+
+
 async def stream_frames(
     manager: StreamManager,
     stream_id: str,
@@ -91,6 +108,7 @@ async def stream_frames(
     dialect: Dialect,
     first_text: Callable[[], None] | None = None,
     trace: Delivery = NO_DELIVERY,
+    followed: Followed | None = None,
 ) -> AsyncIterator[bytes]:
     """Every entry after `after` in `dialect`, a batch per write, heartbeats when idle.
     `first_text()` is called as the first batch with text goes out (the batches
@@ -99,13 +117,26 @@ async def stream_frames(
     A response that ends without the terminal event (the instance shuts down, the
     store is unreachable) just ends: the client resumes from the last id it got, on
     whichever instance answers. Any other gateway error is the dialect's error frame.
-    `trace` is the reader's span: what it was sent, and how it ended.
+    `trace` is the reader's span: what it was sent, and how it ended. A stream the
+    route `followed` already goes on from there (its reader is not made again).
     """
     trace.start()
     events = writes = 0
     outcome = "disconnected"  # unless the loop ends: the client left (the task cancelled)
+    if followed is None:
+        source = cast(AsyncGenerator[list[Entry], None], manager.follow(stream_id, after))
+        head: list[Entry] | None = None
+    else:
+        source, head = followed.rest, followed.head
     try:
-        async for entries in manager.follow(stream_id, after):
+        while True:
+            if head is not None:
+                entries, head = head, None
+            else:
+                try:
+                    entries = await anext(source)
+                except StopAsyncIteration:
+                    break
             if not entries:
                 yield dialect.heartbeat
                 continue
@@ -119,6 +150,8 @@ async def stream_frames(
             writes += 1
             if entries[-1].terminal:
                 outcome = "completed"
+                yield Last(chunk)
+                continue  # the source ends here
             yield chunk
         if outcome != "completed":
             outcome = "ended"
@@ -129,3 +162,4 @@ async def stream_frames(
         yield dialect.error(exc)
     finally:
         trace.end(events, writes, outcome)
+        await source.aclose()  # its reader leaves now, not when it is collected
