@@ -172,8 +172,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
     clock. The lines are kept here rather than in the stream's buffer, which
     `PYTHONUNBUFFERED=1` (set in many container images) turns into a write per line;
     they go out together, in order, `flush_after` seconds after the first of them (0:
-    at the end of the loop's turn), in one write. Outside a running loop (starting, stopping, another thread) a line is
-    written and flushed at once, after those held."""
+    at the end of the loop's turn), in one write. Outside a running loop (starting,
+    stopping, another thread) a line is written and flushed at once, after those held."""
 
     def __init__(self, stream: TextIO, *, flush_after: float = FLUSH_AFTER_S) -> None:
         super().__init__(stream)
