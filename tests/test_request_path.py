@@ -8,11 +8,14 @@ regression fails here (the stream core's counts are tests/test_hot_path.py's).
 - An error on the direct lane is rendered by the app's own handlers; a bug is a 500 in
   Claude's shape with the request's id on it, on the lane or off it.
 - The middleware chain sees an SSE response's start, none of its body chunks.
+- An open stream holds two tasks, its request's and its producer's: the response
+  waits for its client's leaving with a callback on the server's `receive()`.
 - A request is compared with each route once (and once more for a trailing slash).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from pathlib import Path
@@ -27,9 +30,11 @@ from starlette.routing import Mount, Route
 from starlette.types import Message
 
 from tests.support.inprocess import served
+from tests.support.polling import eventually_async
 from tests.support.processes import free_port
 from tokenrelay.app import create_app
 from tokenrelay.config import Settings
+from tokenrelay.observability.metrics import REGISTRY
 from tokenrelay.streams.manager import StreamManager
 
 MODEL = "claude-haiku-4-5"
@@ -199,6 +204,38 @@ async def test_sse_bodies_go_to_the_server_past_the_middleware_chain() -> None:
         health = await client.get("/healthz")
         assert health.status_code == 200
         assert seen == ["http.response.start"] * 2 + ["http.response.body"]
+
+
+async def test_an_open_stream_holds_no_task_to_notice_its_client_leave() -> None:
+    """Under granian, `receive()` is a future: the response waits on it with a callback,
+    and an open stream holds its request's task and its producer's, nothing else. A
+    client that leaves is noticed at once all the same, while its stream runs on."""
+    port = free_port()
+    config = Settings(port=port, provider="simulator", database_url="off", drain_timeout=1,
+                      simulator_ttft_ms=0, simulator_tps=5)  # fmt: skip
+    app = create_app(config)
+    body = {"model": MODEL, "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "Watched [[sim:tokens=20]]"}]}  # fmt: skip
+
+    def left() -> float:
+        return REGISTRY.get_sample_value("tokenrelay_client_disconnects_total") or 0.0
+
+    async with (
+        served(app, config),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        assert (await client.get("/healthz")).status_code == 200
+        idle, before = asyncio.all_tasks(), left()
+        async with client.stream("POST", "/v1/messages", json=body) as answer:
+            async for line in answer.aiter_lines():
+                if line == "event: content_block_delta":
+                    break
+            held = sorted(task.get_coro().__qualname__ for task in asyncio.all_tasks() - idle)
+            assert held == ["Producer.run", "_future_watcher_wrapper.<locals>.future_watcher"]
+        await eventually_async(lambda: left() == before + 1, what="the client's leaving noticed")
+        # Noticed by the watch, not by the stream's end (20 tokens at 5 a second).
+        running = [task.get_coro().__qualname__ for task in asyncio.all_tasks() - idle]
+        assert running == ["Producer.run"]
 
 
 # -- one scan of the routes ----------------------------------------------------------

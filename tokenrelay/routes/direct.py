@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenrelay.middleware.request_id import request_id
 from tokenrelay.routes.deps import authenticate, gateway, principal
-from tokenrelay.routes.sse import SERVER_SEND
+from tokenrelay.routes.sse import SERVER_RECEIVE, SERVER_SEND
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 # What fills a parameter from the request; None: FastAPI must take this request.
@@ -190,7 +190,8 @@ class DirectLane:
     request for one goes through `app`'s own middleware to the route's endpoint; any
     other request (and one whose parameters FastAPI must validate) goes to `app`.
 
-    Each scope gets the server's own `send` (`SERVER_SEND`), for the SSE bodies."""
+    Each scope gets the server's own `send` and `receive` (`SERVER_SEND`,
+    `SERVER_RECEIVE`), for the SSE bodies and their disconnect watch."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
@@ -199,6 +200,7 @@ class DirectLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SERVER_SEND] = send
+        scope[SERVER_RECEIVE] = receive
         if scope["type"] == "http" and not scope.get("root_path"):
             routes = self._routes
             if routes is None:  # the app's routes and middleware are all there by now

@@ -6,20 +6,20 @@ must go out in one write, and heartbeats are only needed while the stream is idl
 which the manager knows (it yields an empty batch on an idle interval). That leaves
 one job for this class: send the frames, and notice a client that went away.
 
-uvicorn silently drops writes to a closed connection, so a watcher task reads
-`http.disconnect` and interrupts the sender, the way `asyncio.timeout` does: it
-cancels the sending task and the sender tells that cancellation apart from any
-other by `uncancel()`.
+A server may silently drop writes to a closed connection (uvicorn and granian both
+do), so the response waits for `http.disconnect` while it sends, and interrupts the
+sender the way `asyncio.timeout` does: it cancels the sending task and the sender
+tells that cancellation apart from any other by `uncancel()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tokenrelay.dialects.base import Dialect
 from tokenrelay.errors import GatewayError, Overloaded
@@ -34,6 +34,9 @@ from tokenrelay.streams.manager import StreamManager
 # every body chunk goes straight to the server: no layer touches one (see
 # `middleware/__init__.py`), and past them a write is one call, not five.
 SERVER_SEND = "tokenrelay.server_send"
+# And its own `receive`: the body-size layer's wrapper is a coroutine, the server's is
+# (under granian) a future, which the disconnect watch needs no task to wait on.
+SERVER_RECEIVE = "tokenrelay.server_receive"
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -60,16 +63,7 @@ class SSEResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender = asyncio.current_task()
         assert sender is not None
-        gone = False
-
-        async def watch_disconnect() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            sender.cancel()
-
-        watcher = asyncio.create_task(watch_disconnect())
+        watch = DisconnectWatch(sender, scope.get(SERVER_RECEIVE, receive))
         write = scope.get(SERVER_SEND, send)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
@@ -80,12 +74,52 @@ class SSEResponse(Response):
                 await write({"type": "http.response.body", "body": chunk, "more_body": True})
             await write({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone or sender.uncancel() > 0:
+            if not watch.gone or sender.uncancel() > 0:
                 raise
             telemetry.client_disconnected()
         finally:
-            watcher.cancel()
+            watch.close()
             await _close_frames(self._frames)
+
+
+class DisconnectWatch:
+    """Cancels `sender` once `receive()` says the client went away.
+
+    A callback on the pending `receive()`, not a task that awaits it: under granian
+    `receive()` returns a future, so an open stream holds no task, no coroutine and
+    no frame for its watch, and a request spends no loop turn starting one and none
+    ending it. A server whose `receive` is a coroutine gets it wrapped in a task, as
+    before. A `receive()` that fails means the connection is gone too."""
+
+    __slots__ = ("_pending", "_receive", "_sender", "gone")
+
+    def __init__(self, sender: asyncio.Task[Any], receive: Receive) -> None:
+        self._sender = sender
+        self._receive = receive
+        self.gone = False
+        self._pending: asyncio.Future[Message] | None = None
+        self._wait()
+
+    def _wait(self) -> None:
+        pending = asyncio.ensure_future(self._receive())
+        pending.add_done_callback(self._received)
+        self._pending = pending
+
+    def _received(self, pending: asyncio.Future[Message]) -> None:
+        if self._pending is not pending or pending.cancelled():
+            return  # closed meanwhile
+        if pending.exception() is None and pending.result()["type"] != "http.disconnect":
+            self._wait()  # a body chunk nobody asked for; go on waiting
+            return
+        self._pending = None
+        self.gone = True
+        self._sender.cancel()
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.remove_done_callback(self._received)
+            pending.cancel()
 
 
 async def _close_frames(frames: AsyncIterator[bytes]) -> None:
